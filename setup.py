@@ -16,7 +16,7 @@ from setuptools import Extension, setup
 debug = os.environ.get("BROOMIO_DEBUG") == "1"
 sanitize = os.environ.get("BROOMIO_SANITIZE") == "1"
 
-compile_args = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
+compile_args = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
                 "-Wno-cast-function-type", "-fvisibility=hidden"]
 link_args: list[str] = []
 undef: list[str] = []

@@ -1,0 +1,5 @@
+"""Benchmarks for broomio against asyncio, uvloop and trio.
+
+Run ``python -m benchmarks micro`` from the repository root; see
+``benchmarks/README.md`` for the options and how to read the table.
+"""

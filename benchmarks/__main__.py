@@ -1,0 +1,163 @@
+"""Command line: ``python -m benchmarks SUBCOMMAND [options]``.
+
+Subcommands:
+
+* ``micro`` -- scheduler micro-benchmarks (spawn+join, switches, sleep
+  overhead, memory per sleeping task) for broomio, asyncio, uvloop and trio,
+  all measured in the same run; prints a Markdown table.
+
+More suites (e.g. ``echo``, ``sync``) plug in by adding a function that
+registers a sub-parser in :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import micro
+from ._runner import Aggregate, machine_info, run_child
+from ._table import format_value, render_micro_report
+
+
+def _split_names(values: list[str] | None, allowed: tuple[str, ...], what: str,
+                 parser: argparse.ArgumentParser) -> list[str]:
+    """Flatten ``--opt a,b --opt c`` into known names, keeping ``allowed``'s order."""
+    if not values:
+        return list(allowed)
+    wanted = {name.strip() for v in values for name in v.split(",") if name.strip()}
+    unknown = sorted(wanted - set(allowed))
+    if unknown:
+        parser.error(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return [name for name in allowed if name in wanted]
+
+
+def _add_micro(sub: Any) -> None:
+    p = sub.add_parser(
+        "micro",
+        help="scheduler micro-benchmarks (broomio vs asyncio, uvloop, trio)",
+        description=(
+            "Run each (benchmark, framework) pair --repeat times, each time in a fresh "
+            "process, and print a Markdown table of the best results with ratios to "
+            "asyncio. Benchmarks: " + ", ".join(
+                f"{c.name} ({c.title})" for c in micro.CASES.values())
+        ),
+    )
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="repetitions per case, best one reported (default: 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes for a CI smoke run (well under a minute)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only these benchmarks (repeatable or comma-separated): "
+                        + ", ".join(micro.CASES))
+    p.add_argument("--frameworks", action="append", metavar="NAME",
+                   help="run only these frameworks (repeatable or comma-separated; "
+                        "asyncio is always included as the baseline): "
+                        + ", ".join(micro.FRAMEWORKS))
+    p.add_argument("--json", type=Path, metavar="PATH",
+                   help="also write every raw result to this JSON file")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="kill a case after S seconds and report it as an error (default: 300)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if any case failed (results are printed anyway)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_run_micro, parser=p)
+
+
+def _run_micro(args: argparse.Namespace) -> int:
+    """Run the micro suite described by ``args``; print the report; return the exit code."""
+    parser: argparse.ArgumentParser = args.parser
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    cases = _split_names(args.only, tuple(micro.CASES), "benchmark", parser)
+    frameworks = _split_names(args.frameworks, micro.FRAMEWORKS, "framework", parser)
+    if "asyncio" not in frameworks:
+        frameworks.insert(0, "asyncio")
+
+    def progress(msg: str, end: str = "\n") -> None:
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    results = {
+        (case, fw): Aggregate(micro.CASES[case].higher_is_better)
+        for case in cases for fw in frameworks
+    }
+    total = args.repeat * len(results)
+    step = 0
+    started = time.perf_counter()
+    # Repetitions are interleaved (round 1 of everything, then round 2, ...) so
+    # slow drift of the machine's speed spreads over all frameworks evenly.
+    for rep in range(1, args.repeat + 1):
+        for case in cases:
+            spec = micro.CASES[case]
+            params = spec.quick if args.quick else spec.full
+            for fw in frameworks:
+                step += 1
+                agg = results[(case, fw)]
+                tag = f"[{step:>{len(str(total))}}/{total}] {case}/{fw} run {rep}/{args.repeat}"
+                if agg.errors:
+                    progress(f"{tag}: skipped (failed before)")
+                    continue
+                progress(f"{tag} ... ", end="")
+                outcome = run_child(micro.child_command(case, fw, params), args.timeout)
+                agg.add(outcome)
+                if outcome.record is not None:
+                    value = format_value(spec.kind, float(outcome.record["value"]))
+                    progress(f"{value} ({outcome.wall:.1f} s wall)")
+                else:
+                    progress(f"ERROR: {outcome.error}")
+    progress(f"done in {time.perf_counter() - started:.1f} s")
+
+    meta = machine_info(frameworks)
+    as_json = {key: agg.to_json() for key, agg in results.items()}
+    print(render_micro_report(as_json, cases, frameworks, meta,
+                              quick=args.quick, repeat=args.repeat))
+
+    if args.json is not None:
+        payload = {
+            "suite": "micro",
+            "meta": meta,
+            "config": {"repeat": args.repeat, "quick": args.quick, "timeout": args.timeout,
+                       "cases": cases, "frameworks": frameworks},
+            "results": [
+                {"case": case, "framework": fw, "unit": micro.CASES[case].unit,
+                 "higher_is_better": micro.CASES[case].higher_is_better, **as_json[(case, fw)]}
+                for case, fw in results
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        progress(f"raw results written to {args.json}")
+
+    failed = any(agg.errors for agg in results.values())
+    return 1 if (args.strict and failed) else 0
+
+
+#: Sub-parser registrations, one per suite.
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen suite."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="broomio benchmarks against asyncio, uvloop and trio.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for register in SUBCOMMANDS:
+        register(sub)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""broomio: fast structured-concurrency async I/O for Python, with its engine in C.
+
+    from broomio import Loop, sleep
+
+    async def hello(i):
+        await sleep(1)
+        print("hello", i)
+
+    loop = Loop()
+    loop.start_soon(hello(1))
+    loop.start_soon(hello(2))
+    loop.run()
+"""
+
+from . import lowlevel
+from ._core import (
+    Loop,
+    Nursery,
+    TaskStatus,
+    fail_after,
+    fail_at,
+    move_on_after,
+    move_on_at,
+    open_nursery,
+    run,
+)
+from ._engine import (
+    BrokenResourceError,
+    BusyResourceError,
+    Cancelled,
+    CancelScope,
+    ClosedResourceError,
+    IncompleteReadError,
+    Task,
+    TaskCancelled,
+    WouldBlock,
+    checkpoint,
+    current_effective_deadline,
+    current_loop,
+    current_task,
+    current_time,
+    sleep,
+    sleep_forever,
+    sleep_until,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenResourceError",
+    "BusyResourceError",
+    "CancelScope",
+    "Cancelled",
+    "ClosedResourceError",
+    "IncompleteReadError",
+    "Loop",
+    "Nursery",
+    "Task",
+    "TaskCancelled",
+    "TaskStatus",
+    "WouldBlock",
+    "checkpoint",
+    "current_effective_deadline",
+    "current_loop",
+    "current_task",
+    "current_time",
+    "fail_after",
+    "fail_at",
+    "lowlevel",
+    "move_on_after",
+    "move_on_at",
+    "open_nursery",
+    "run",
+    "sleep",
+    "sleep_forever",
+    "sleep_until",
+    "__version__",
+]

@@ -1,0 +1,246 @@
+"""Running, nurseries and timeouts: the once-per-call policy around the C engine.
+
+The hot paths (spawning, stepping, sleeping, cancelling, counting children) are in
+``broomio._engine``; this module decides how errors are grouped and reported, which is
+policy that runs once per nursery or per ``run()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Generic, Iterator, TypeVar
+
+from . import _engine
+from ._engine import (
+    Cancelled,
+    CancelScope,
+    Task,
+    current_time,
+    sleep,
+)
+
+T = TypeVar("T")
+
+__all__ = [
+    "Loop",
+    "run",
+    "Nursery",
+    "open_nursery",
+    "TaskStatus",
+    "move_on_after",
+    "move_on_at",
+    "fail_after",
+    "fail_at",
+]
+
+
+def _group(errors: list[BaseException], message: str) -> BaseException:
+    """One exception for a list of task errors, with KeyboardInterrupt/SystemExit first."""
+    for exc in errors:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+    return BaseExceptionGroup(message, errors)
+
+
+class Loop(_engine.LoopCore):
+    """An explicit event loop.  There is no default loop: create one and run it."""
+
+    def __init__(
+        self,
+        *,
+        debug: bool | None = None,
+        clock: object | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if backend not in (None, "epoll"):
+            raise ValueError(f"unknown backend {backend!r}; available: 'epoll'")
+        if clock is not None:
+            raise TypeError("custom clocks are not supported yet; pass clock=None")
+        if debug is None:
+            debug = os.environ.get("BROOMIO_DEBUG", "") not in ("", "0")
+        elif not isinstance(debug, bool):
+            raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
+        self.debug = debug
+
+    def run(self) -> None:
+        """Run until every task has finished; a task's error cancels the others and is
+        raised in an ExceptionGroup (KeyboardInterrupt/SystemExit as themselves)."""
+        self._run()
+        errors = self._take_root_errors()
+        if errors:
+            raise _group(errors, "unhandled errors in broomio tasks")
+
+    def run_until_complete(self, fn_or_coro: Any, *args: Any) -> Any:
+        """Run fn_or_coro (and everything it starts) to completion; return its result."""
+        main = self.start_soon(fn_or_coro, *args)
+        try:
+            self._run()
+        except BaseException:
+            self._take_root_errors()
+            raise
+        errors = self._take_root_errors()
+        if errors:
+            if len(errors) == 1 and errors[0] is main.exception():
+                raise errors[0]
+            raise _group(errors, "unhandled errors in broomio tasks")
+        return main.result()
+
+    def wrap_socket(self, sock: Any) -> Any:
+        """The async socket for a stdlib socket (not available yet)."""
+        raise NotImplementedError("async sockets are not part of this release yet")
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def run(
+    fn_or_coro: Any,
+    *args: Any,
+    debug: bool | None = None,
+    clock: object | None = None,
+    backend: str | None = None,
+) -> Any:
+    """Create a loop, run fn_or_coro(*args) to completion on it, close it, return the result."""
+    loop = Loop(debug=debug, clock=clock, backend=backend)
+    try:
+        return loop.run_until_complete(fn_or_coro, *args)
+    finally:
+        loop.close()
+
+
+class TaskStatus(Generic[T]):
+    """Passed as ``task_status=`` by :meth:`Nursery.start`; call ``started(value)`` once."""
+
+    __slots__ = ("_lot", "_value", "_started", "_error", "_finished")
+
+    def __init__(self) -> None:
+        self._lot = _engine.ParkingLot()
+        self._value: Any = None
+        self._started = False
+        self._error: BaseException | None = None
+        self._finished = False
+
+    def started(self, value: T | None = None) -> None:
+        if self._started:
+            raise RuntimeError("task_status.started() was already called")
+        if self._finished:
+            raise RuntimeError("task_status.started() called after start() gave up waiting")
+        self._started = True
+        self._value = value
+        self._lot.unpark_all()
+
+
+class Nursery(_engine.NurseryCore):
+    """A scope that owns child tasks and waits for all of them when its block exits."""
+
+    async def __aenter__(self) -> Nursery:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        etype: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is not None and not isinstance(exc, Cancelled):
+            self._record_error(exc)
+        await self._wait_children()
+        errors = self._finish()
+        scope = self.cancel_scope
+        new: BaseException | None
+        if errors:
+            new = _group(errors, "errors in nursery")
+        else:
+            new = exc
+        if new is None:
+            scope.__exit__(None, None, None)
+            return False
+        if scope.__exit__(type(new), new, new.__traceback__):
+            return True
+        if new is exc:
+            return False
+        raise new
+
+    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> Any:
+        """Start fn(*args, task_status=...) and wait until it calls task_status.started()."""
+        if not callable(fn):
+            raise TypeError(f"start() expects an async function, got {fn!r}")
+        status: TaskStatus[Any] = TaskStatus()
+
+        async def starter() -> Any:
+            coro = fn(*args, task_status=status)
+            if not isinstance(coro, Coroutine):
+                raise TypeError(f"{fn!r} did not return a coroutine (is it 'async def'?)")
+            try:
+                return await coro
+            except BaseException as error:
+                if not status._started:
+                    status._error = error
+                    return None
+                raise
+            finally:
+                status._finished = True
+                status._lot.unpark_all()
+
+        task = self.start_soon(starter, name=name or getattr(fn, "__qualname__", None))
+        try:
+            while not status._started and not status._finished:
+                await status._lot.park()
+        except BaseException:
+            if not status._started:
+                task.cancel()
+            raise
+        if status._error is not None:
+            error = status._error
+            status._error = None
+            raise error
+        if not status._started:
+            raise RuntimeError(f"{fn!r} returned without calling task_status.started()")
+        return status._value
+
+
+def open_nursery() -> Nursery:
+    """``async with open_nursery() as n:`` -- a nursery for child tasks."""
+    return Nursery()
+
+
+def _check_seconds(seconds: float, what: str) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what}() seconds must be a real number, not {type(seconds).__name__}")
+    if math.isnan(seconds):
+        raise ValueError(f"{what}() seconds must not be NaN")
+    if seconds < 0:
+        raise ValueError(f"{what}() seconds must be non-negative, got {seconds!r}")
+    return float(seconds)
+
+
+def move_on_at(deadline: float) -> CancelScope:
+    """A cancel scope that cancels its body at ``deadline`` (on the loop's clock)."""
+    return CancelScope(deadline=deadline)
+
+
+def move_on_after(seconds: float) -> CancelScope:
+    """A cancel scope that cancels its body after ``seconds``."""
+    return CancelScope(deadline=current_time() + _check_seconds(seconds, "move_on_after"))
+
+
+@contextmanager
+def fail_at(deadline: float) -> Iterator[CancelScope]:
+    """Like move_on_at, but raise TimeoutError if the deadline cancelled the body."""
+    with CancelScope(deadline=deadline) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        raise TimeoutError("deadline exceeded")
+
+
+def fail_after(seconds: float) -> Any:
+    """Like move_on_after, but raise TimeoutError if the deadline cancelled the body."""
+    return fail_at(current_time() + _check_seconds(seconds, "fail_after"))

@@ -1,0 +1,84 @@
+/*
+ * fdtable.c -- the per-fd slots (readiness bits and waiters), grown on demand.
+ *
+ * The table is never sized to RLIMIT_NOFILE up front: it doubles to cover the largest fd
+ * seen so far, so a process with ten sockets pays for ten-ish slots.
+ */
+#include <string.h>
+
+#include "poll.h"
+
+bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
+{
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "file descriptor cannot be a negative integer");
+        return NULL;
+    }
+    if (fd >= t->cap) {
+        int cap = t->cap ? t->cap : 64;
+        while (cap <= fd)
+            cap *= 2;
+        bro_fd_slot *slots = PyMem_Realloc(t->slots, (size_t)cap * sizeof(bro_fd_slot));
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        memset(slots + t->cap, 0, (size_t)(cap - t->cap) * sizeof(bro_fd_slot));
+        t->slots = slots;
+        t->cap = cap;
+    }
+    return &t->slots[fd];
+}
+
+void bro_fdtable_free(bro_fdtable *t)
+{
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+    t->cap = 0;
+}
+
+/* notify_closing(fd): wake the fd's waiters with ClosedResourceError and forget the fd, so
+ * that the next file opened with the same number starts from a clean slot.  Call it before
+ * closing an fd that tasks may be waiting on. */
+#include "loop.h"
+#include "task.h"
+
+PyObject *bro_mod_notify_closing(PyObject *module, PyObject *arg);
+
+PyObject *bro_mod_notify_closing(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    bro_loop *loop = bro_running_loop;
+    if (loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "notify_closing() must be called from a task run by a broomio loop");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    if (fd >= loop->fds.cap)
+        Py_RETURN_NONE;
+    bro_fd_slot *slot = &loop->fds.slots[fd];
+    bro_task *waiters[2] = {slot->reader, slot->writer};
+    slot->reader = slot->writer = NULL;
+    for (int i = 0; i < 2; i++) {
+        bro_task *t = waiters[i];
+        if (t == NULL)
+            continue;
+        t->fd = -1;
+        PyObject *exc = PyObject_CallFunction(loop->st->ClosedResourceError, "s",
+                                              "the file descriptor was closed while a task "
+                                              "was waiting on it");
+        if (exc == NULL)
+            return NULL;
+        bro_task_wake(t, NULL, exc);
+        Py_DECREF(exc);
+    }
+    if (slot->registered) {
+        /* EBADF/ENOENT just mean it is already gone; nothing else can fail here. */
+        (void)bro_poller_remove(loop->poller, fd);
+        slot->registered = 0;
+    }
+    slot->ready = 0;
+    Py_RETURN_NONE;
+}

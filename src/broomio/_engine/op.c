@@ -1,0 +1,594 @@
+/*
+ * op.c -- the engine's awaitable: sleep, checkpoints, parking, joins, fd waits.
+ *
+ * One C type serves every engine wait; `kind` says which.  An op is its own iterator
+ * (am_await returns self) and does its work in am_send, which CPython 3.11's SEND opcode
+ * calls directly:
+ *
+ *   state FRESH   -> check cancellation (level-triggered: a cancelled task raises Cancelled
+ *                    here without waiting), then either complete at once and return
+ *                    PYGEN_RETURN (no StopIteration, no trip through the scheduler), or
+ *                    register one wait on the current task and yield the `parked` sentinel.
+ *   state PARKED  -> the task was woken; read the outcome the waker stored on the task
+ *                    (wake_value / wake_exc) and return or raise it.
+ *   state BUDGET  -> the op could have completed but the task's step budget ran out, so it
+ *                    yielded once to let other tasks run; now it tries again.
+ *
+ * tp_iternext and send()/throw()/close() wrap the same logic for CPythons whose SEND opcode
+ * does not call am_send (3.12+ call tp_iternext when sending None, which is all the engine
+ * ever sends).
+ *
+ * Allocation: sleep(0) in a loop would allocate one op per call.  Each loop keeps a few ops
+ * in op_cache; an op whose only reference is the cache's is idle and is reused, so steady
+ * state allocates nothing.  An op holds a strong reference to its target (the task to join,
+ * the nursery, the lot's owner, the abort function) and none to the task that awaits it.
+ */
+#include <math.h>
+#include <poll.h>
+
+#include "heap.h"
+#include "loop.h"
+#include "poll.h"
+#include "scope.h"
+#include "sync.h"
+#include "task.h"
+
+enum {
+    OP_CHECKPOINT,
+    OP_SLEEP,
+    OP_LOT,
+    OP_JOIN,
+    OP_CHILDREN,
+    OP_FD,
+    OP_SUSPEND,
+};
+
+enum { OP_FRESH, OP_PARKED, OP_DONE, OP_BUDGET };
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t kind;
+    uint8_t state;
+    uint8_t absolute; /* OP_SLEEP: value is a deadline, not a duration */
+    uint8_t dir;      /* OP_FD: BRO_READABLE or BRO_WRITABLE */
+    int fd;
+    double value;
+    PyObject *target;
+    bro_lot *lot; /* OP_LOT: points into target */
+} bro_op;
+
+static const char *op_names[] = {"checkpoint", "sleep", "park", "join", "nursery wait",
+                                 "fd wait", "suspend"};
+
+static PyObject *op_alloc(bro_state *st, int kind)
+{
+    bro_loop *loop = bro_running_loop;
+    if (loop != NULL) {
+        for (int i = 0; i < 4; i++) {
+            PyObject *cached = loop->op_cache[i];
+            if (cached != NULL && Py_REFCNT(cached) == 1) {
+                bro_op *op = (bro_op *)cached;
+                Py_CLEAR(op->target);
+                op->kind = (uint8_t)kind;
+                op->state = OP_FRESH;
+                op->absolute = 0;
+                op->fd = -1;
+                op->lot = NULL;
+                return Py_NewRef(cached);
+            }
+        }
+    }
+    bro_op *op = PyObject_GC_New(bro_op, st->op_type);
+    if (op == NULL)
+        return NULL;
+    op->kind = (uint8_t)kind;
+    op->state = OP_FRESH;
+    op->absolute = 0;
+    op->dir = 0;
+    op->fd = -1;
+    op->value = 0;
+    op->target = NULL;
+    op->lot = NULL;
+    PyObject_GC_Track(op);
+    if (loop != NULL) {
+        for (int i = 0; i < 4; i++) {
+            if (loop->op_cache[i] == NULL) {
+                loop->op_cache[i] = Py_NewRef(op);
+                break;
+            }
+        }
+    }
+    return (PyObject *)op;
+}
+
+/* Yield once to the scheduler (the task goes to the back of the ready ring). */
+static PySendResult op_reschedule(bro_op *op, bro_task *t, int next_state, PyObject **res)
+{
+    if (bro_ready_push(t->loop, (PyObject *)t) < 0)
+        return PYGEN_ERROR;
+    t->state = BRO_TASK_READY;
+    t->wait = BRO_WAIT_READY;
+    op->state = (uint8_t)next_state;
+    *res = Py_NewRef(t->loop->st->parked);
+    return PYGEN_NEXT;
+}
+
+static PySendResult op_park(bro_op *op, bro_task *t, int wait, int abortable, PyObject **res)
+{
+    bro_task_park(t, wait, abortable);
+    op->state = OP_PARKED;
+    *res = Py_NewRef(t->loop->st->parked);
+    return PYGEN_NEXT;
+}
+
+/* A fast-path completion spends one unit of the step's budget; when it runs out the op
+ * yields first, so a task whose operations always succeed cannot starve the others. */
+static inline int op_budget_spent(bro_loop *loop)
+{
+    return --loop->budget < 0;
+}
+
+static PySendResult op_join_outcome(bro_task *target, PyObject **res)
+{
+    if (target->exception != NULL) {
+        extern int bro_task_raise_outcome(bro_task * t);
+        bro_task_raise_outcome(target);
+        return PYGEN_ERROR;
+    }
+    *res = Py_NewRef(target->result);
+    return PYGEN_RETURN;
+}
+
+static PySendResult op_fd_fresh(bro_op *op, bro_task *t, PyObject **res)
+{
+    bro_loop *loop = t->loop;
+    bro_fd_slot *slot = bro_fd_slot_get(&loop->fds, op->fd);
+    if (slot == NULL)
+        return PYGEN_ERROR;
+    bro_task **waiter = op->dir == BRO_READABLE ? &slot->reader : &slot->writer;
+    if (*waiter != NULL) {
+        PyErr_Format(loop->st->BusyResourceError,
+                     "another task is already waiting for fd %d to become %s", op->fd,
+                     op->dir == BRO_READABLE ? "readable" : "writable");
+        return PYGEN_ERROR;
+    }
+    /* A generic wait cannot know whether the caller drained the fd, so it re-arms the fd:
+     * epoll reports a fresh edge at once if the fd is ready now.  (Socket operations, which
+     * try the syscall first, keep the readiness bits instead and need no epoll_ctl.) */
+    if (bro_poller_arm(loop->poller, op->fd, slot->registered) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return PYGEN_ERROR;
+    }
+    slot->registered = 1;
+    slot->ready &= (uint8_t)~op->dir;
+    *waiter = t;
+    t->fd = op->fd;
+    t->wait_dir = op->dir;
+    return op_park(op, t, BRO_WAIT_FD, 1, res);
+}
+
+static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
+{
+    bro_loop *loop = t->loop;
+    bro_state *st = loop->st;
+    if (op->kind != OP_CHILDREN && t->cancel_pending) {
+        op->state = OP_DONE;
+        bro_raise_cancelled(st);
+        return PYGEN_ERROR;
+    }
+    switch (op->kind) {
+    case OP_CHECKPOINT:
+        return op_reschedule(op, t, OP_PARKED, res);
+    case OP_SLEEP: {
+        double deadline = op->absolute ? op->value : bro_monotonic() + op->value;
+        if (isinf(deadline) && deadline > 0)
+            return op_park(op, t, BRO_WAIT_FOREVER, 1, res);
+        if (bro_heap_push(&loop->heap, deadline, (PyObject *)t) < 0)
+            return PYGEN_ERROR;
+        return op_park(op, t, BRO_WAIT_TIMER, 1, res);
+    }
+    case OP_LOT:
+        bro_lot_append(op->lot, t);
+        return op_park(op, t, BRO_WAIT_LOT, 1, res);
+    case OP_JOIN: {
+        bro_task *target = (bro_task *)op->target;
+        if (target == t) {
+            op->state = OP_DONE;
+            PyErr_SetString(PyExc_RuntimeError, "a task cannot join itself");
+            return PYGEN_ERROR;
+        }
+        if (target->state == BRO_TASK_DONE) {
+            if (op_budget_spent(loop))
+                return op_reschedule(op, t, OP_BUDGET, res);
+            op->state = OP_DONE;
+            return op_join_outcome(target, res);
+        }
+        bro_lot_append(&target->joiners, t);
+        return op_park(op, t, BRO_WAIT_LOT, 1, res);
+    }
+    case OP_CHILDREN: {
+        bro_nursery *n = (bro_nursery *)op->target;
+        if (n->nchildren == 0) {
+            op->state = OP_DONE;
+            *res = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        n->parent_waiting = 1;
+        return op_park(op, t, BRO_WAIT_CHILDREN, 0, res);
+    }
+    case OP_FD:
+        return op_fd_fresh(op, t, res);
+    case OP_SUSPEND: {
+        int abortable = op->target != NULL && op->target != Py_None;
+        Py_XSETREF(t->abort_fn, Py_XNewRef(op->target));
+        return op_park(op, t, BRO_WAIT_EXTERNAL, abortable, res);
+    }
+    }
+    PyErr_SetString(PyExc_SystemError, "broomio: unknown awaitable kind");
+    return PYGEN_ERROR;
+}
+
+static PySendResult op_resume(bro_op *op, bro_task *t, PyObject **res)
+{
+    op->state = OP_DONE;
+    if (t->wake_exc != NULL) {
+        PyObject *exc = t->wake_exc;
+        t->wake_exc = NULL;
+        Py_CLEAR(t->wake_value);
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        return PYGEN_ERROR;
+    }
+    if (op->kind == OP_JOIN)
+        return op_join_outcome((bro_task *)op->target, res);
+    PyObject *value = t->wake_value;
+    t->wake_value = NULL;
+    *res = value ? value : Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult op_send(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res)
+{
+    *res = NULL;
+    bro_loop *loop = bro_running_loop;
+    bro_task *t = loop ? loop->current : NULL;
+    if (op->state == OP_DONE) {
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse an already awaited broomio %s",
+                     op_names[op->kind]);
+        return PYGEN_ERROR;
+    }
+    if (t == NULL) {
+        op->state = OP_DONE;
+        PyErr_Format(PyExc_RuntimeError,
+                     "broomio's %s must be awaited inside a task run by a broomio loop (is "
+                     "another event loop, such as asyncio, running this coroutine?)",
+                     op_names[op->kind]);
+        return PYGEN_ERROR;
+    }
+    switch (op->state) {
+    case OP_PARKED:
+        return op_resume(op, t, res);
+    case OP_BUDGET:
+        op->state = OP_FRESH;
+        return op_fresh(op, t, res);
+    default:
+        return op_fresh(op, t, res);
+    }
+}
+
+static PyObject *op_iternext(bro_op *op)
+{
+    PyObject *res;
+    PySendResult r = op_send(op, Py_None, &res);
+    if (r == PYGEN_NEXT)
+        return res;
+    if (r == PYGEN_RETURN) {
+        if (res == Py_None) {
+            Py_DECREF(res);
+            return NULL; /* exhausted, no exception: the await returns None */
+        }
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
+        Py_DECREF(res);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *op_send_method(bro_op *op, PyObject *arg)
+{
+    PyObject *res;
+    PySendResult r = op_send(op, arg, &res);
+    if (r == PYGEN_NEXT)
+        return res;
+    if (r == PYGEN_RETURN) {
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
+        Py_DECREF(res);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return NULL;
+    }
+    op->state = OP_DONE;
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val == Py_None ? NULL : val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving "
+                                         "from BaseException");
+        return NULL;
+    }
+    if (tb != Py_None) {
+        PyObject *t, *v, *old_tb;
+        PyErr_Fetch(&t, &v, &old_tb);
+        PyErr_NormalizeException(&t, &v, &old_tb);
+        Py_XDECREF(old_tb);
+        PyErr_Restore(t, v, Py_NewRef(tb));
+    }
+    return NULL;
+}
+
+static PyObject *op_close(bro_op *op, PyObject *Py_UNUSED(ignored))
+{
+    op->state = OP_DONE;
+    Py_RETURN_NONE;
+}
+
+static PyObject *op_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int op_traverse(bro_op *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(op->target);
+    return 0;
+}
+
+static int op_clear(bro_op *op)
+{
+    Py_CLEAR(op->target);
+    op->lot = NULL;
+    return 0;
+}
+
+static void op_dealloc(bro_op *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    op_clear(op);
+    tp->tp_free((PyObject *)op);
+    Py_DECREF(tp);
+}
+
+static PyObject *op_repr(bro_op *op)
+{
+    return PyUnicode_FromFormat("<broomio %s awaitable>", op_names[op->kind]);
+}
+
+static PyMethodDef op_methods[] = {
+    {"send", (PyCFunction)op_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))op_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)op_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot op_slots[] = {
+    {Py_tp_doc, "An engine awaitable (sleep, checkpoint, park, join, fd wait)."},
+    {Py_am_await, op_await},
+    {Py_am_send, op_send},
+    {Py_tp_iter, op_await},
+    {Py_tp_iternext, op_iternext},
+    {Py_tp_methods, op_methods},
+    {Py_tp_dealloc, op_dealloc},
+    {Py_tp_traverse, op_traverse},
+    {Py_tp_clear, op_clear},
+    {Py_tp_repr, op_repr},
+    {0, NULL},
+};
+
+static PyType_Spec op_spec = {
+    .name = "broomio._engine.Awaitable",
+    .basicsize = sizeof(bro_op),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = op_slots,
+};
+
+int bro_op_init_types(PyObject *module, bro_state *st)
+{
+    return bro_module_add_type(module, &op_spec, NULL, &st->op_type);
+}
+
+/* ---- constructors used by the module functions and the types ------------------------- */
+
+static bro_state *state_of(PyObject *module)
+{
+    return (bro_state *)PyModule_GetState(module);
+}
+
+static int parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
+{
+    double d;
+    if (PyFloat_CheckExact(arg)) {
+        d = PyFloat_AS_DOUBLE(arg);
+    }
+    else if (PyLong_CheckExact(arg)) {
+        d = PyLong_AsDouble(arg);
+        if (d == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    else if (PyBool_Check(arg) || PyUnicode_Check(arg) || PyBytes_Check(arg) ||
+             !PyNumber_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() argument '%s' must be a real number, not %.200s",
+                     fname, argname, Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    else {
+        d = PyFloat_AsDouble(arg);
+        if (d == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (isnan(d)) {
+        PyErr_Format(PyExc_ValueError, "%s() argument '%s' must not be NaN", fname, argname);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);
+
+int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
+{
+    return parse_seconds(arg, fname, argname, out);
+}
+
+PyObject *bro_mod_sleep(PyObject *module, PyObject *arg);
+
+PyObject *bro_mod_sleep(PyObject *module, PyObject *arg)
+{
+    double d;
+    if (parse_seconds(arg, "sleep", "seconds", &d) < 0)
+        return NULL;
+    if (d < 0) {
+        PyErr_Format(PyExc_ValueError, "sleep() argument 'seconds' must be non-negative, got %R",
+                     arg);
+        return NULL;
+    }
+    bro_op *op = (bro_op *)op_alloc(state_of(module), d == 0 ? OP_CHECKPOINT : OP_SLEEP);
+    if (op != NULL)
+        op->value = d;
+    return (PyObject *)op;
+}
+
+PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg);
+
+PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg)
+{
+    double d;
+    if (parse_seconds(arg, "sleep_until", "deadline", &d) < 0)
+        return NULL;
+    bro_op *op = (bro_op *)op_alloc(state_of(module), OP_SLEEP);
+    if (op != NULL) {
+        op->value = d;
+        op->absolute = 1;
+    }
+    return (PyObject *)op;
+}
+
+PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored));
+
+PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    bro_op *op = (bro_op *)op_alloc(state_of(module), OP_SLEEP);
+    if (op != NULL) {
+        op->value = INFINITY;
+        op->absolute = 1;
+    }
+    return (PyObject *)op;
+}
+
+PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored));
+
+PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return op_alloc(state_of(module), OP_CHECKPOINT);
+}
+
+PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "suspend() takes at most one argument (abort_fn)");
+        return NULL;
+    }
+    PyObject *abort_fn = nargs ? args[0] : Py_None;
+    if (abort_fn != Py_None && !PyCallable_Check(abort_fn)) {
+        PyErr_SetString(PyExc_TypeError, "suspend() argument 'abort_fn' must be callable or None");
+        return NULL;
+    }
+    bro_op *op = (bro_op *)op_alloc(state_of(module), OP_SUSPEND);
+    if (op != NULL)
+        op->target = Py_NewRef(abort_fn);
+    return (PyObject *)op;
+}
+
+static PyObject *fd_wait(PyObject *module, PyObject *arg, int dir)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    bro_op *op = (bro_op *)op_alloc(state_of(module), OP_FD);
+    if (op != NULL) {
+        op->fd = fd;
+        op->dir = (uint8_t)dir;
+    }
+    return (PyObject *)op;
+}
+
+PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
+PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);
+
+PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg)
+{
+    return fd_wait(module, arg, BRO_READABLE);
+}
+
+PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg)
+{
+    return fd_wait(module, arg, BRO_WRITABLE);
+}
+
+PyObject *bro_op_join(bro_task *target)
+{
+    bro_op *op = (bro_op *)op_alloc(target->loop->st, OP_JOIN);
+    if (op != NULL)
+        op->target = Py_NewRef(target);
+    return (PyObject *)op;
+}
+
+PyObject *bro_op_children(bro_nursery *n);
+
+PyObject *bro_op_children(bro_nursery *n)
+{
+    bro_op *op = (bro_op *)op_alloc(n->loop->st, OP_CHILDREN);
+    if (op != NULL)
+        op->target = Py_NewRef(n);
+    return (PyObject *)op;
+}
+
+PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot);
+
+PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot)
+{
+    bro_op *op = (bro_op *)op_alloc(st, OP_LOT);
+    if (op != NULL) {
+        op->target = Py_NewRef(owner);
+        op->lot = lot;
+    }
+    return (PyObject *)op;
+}

@@ -1,0 +1,84 @@
+/*
+ * state.h -- the module state and the forward declarations every engine file shares.
+ *
+ * The engine keeps no global mutable state: exception classes, heap types and interned
+ * strings live in the module state, reached through the loop (each Loop keeps a strong
+ * reference to its module, so the state outlives every object that points into it).
+ *
+ * The one exception is bro_running_loop, a thread-local pointer to the loop that is running
+ * in the current thread.  It describes the thread's execution, like CPython's own thread
+ * state, and is what lets an awaitable find its task in O(1) without a dictionary or
+ * context-variable lookup on the hot path.  It is set by Loop.run() on entry and cleared on
+ * exit, so a thread runs at most one broomio loop at a time.
+ */
+#ifndef BROOMIO_STATE_H
+#define BROOMIO_STATE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+typedef struct bro_loop bro_loop;
+typedef struct bro_task bro_task;
+typedef struct bro_scope bro_scope;
+typedef struct bro_nursery bro_nursery;
+
+typedef struct {
+    PyTypeObject *loop_type;
+    PyTypeObject *task_type;
+    PyTypeObject *op_type;
+    PyTypeObject *scope_type;
+    PyTypeObject *nursery_type;
+    PyTypeObject *lot_type;
+
+    PyObject *Cancelled;
+    PyObject *TaskCancelled;
+    PyObject *BusyResourceError;
+    PyObject *ClosedResourceError;
+    PyObject *BrokenResourceError;
+    PyObject *WouldBlock;
+    PyObject *IncompleteReadError;
+
+    /* Yielded by a task whose awaitable has already registered its wait. */
+    PyObject *parked;
+
+    PyObject *str_qualname;
+    PyObject *str_close;
+    PyObject *str_throw;
+    PyObject *str_split;
+    PyObject *str_cr_frame;
+    PyObject *str_cr_running;
+    PyObject *str_cr_suspended;
+} bro_state;
+
+extern PyModuleDef bro_module_def;
+
+/* Defined in loop.c; see the essay above. */
+extern _Thread_local bro_loop *bro_running_loop;
+
+/* The task being stepped in this thread, or NULL. */
+bro_task *bro_current_task(void);
+
+/* module.c */
+int bro_module_add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out);
+
+/* Type registration, one per file. */
+int bro_loop_init_types(PyObject *module, bro_state *st);
+int bro_task_init_types(PyObject *module, bro_state *st);
+int bro_op_init_types(PyObject *module, bro_state *st);
+int bro_scope_init_types(PyObject *module, bro_state *st);
+int bro_nursery_init_types(PyObject *module, bro_state *st);
+int bro_lot_init_types(PyObject *module, bro_state *st);
+
+/* Parses a number of seconds (int or float, not NaN) with errors naming fname/argname. */
+int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);
+
+/* Sets a new Cancelled exception as the current error; always returns -1. */
+int bro_raise_cancelled(bro_state *st);
+
+/* The monotonic clock, in seconds. */
+double bro_monotonic(void);
+
+#define BRO_BUDGET 64
+
+#endif

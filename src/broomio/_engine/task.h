@@ -1,0 +1,106 @@
+/*
+ * task.h -- the Task object and the wait protocol between tasks and awaitables.
+ *
+ * A task owns its coroutine, its contextvars.Context, its outcome, and at most one wait.
+ * Who holds a task: its nursery (a strong reference from the moment it is spawned until it
+ * finishes), the ready ring while it is runnable, the timer heap while it sleeps, and any
+ * user handle.  Parking lots and the fd table hold borrowed pointers; the nursery's
+ * reference keeps a parked task alive.
+ *
+ * The wait protocol: an engine awaitable that cannot complete registers exactly one wait on
+ * the current task (bro_task_park_*), then yields the module's `parked` sentinel.  Whoever
+ * completes the wait calls bro_task_wake() with the value or exception; the task goes to the
+ * ready ring and is resumed with send(None); the awaitable, resumed in turn, reads the
+ * outcome from task->wake_value / task->wake_exc.  Resuming always with None keeps one path
+ * for every CPython: 3.11 calls am_send, 3.12+ call tp_iternext for a None send.
+ *
+ * Cancellation: task->cancel_pending is the level-triggered "every checkpoint must raise
+ * Cancelled" flag, kept equal to cancel_requested || scope->effective by scope.c.  When it
+ * becomes true while the task waits abortably, bro_task_deliver_cancel() aborts the wait and
+ * wakes the task with a Cancelled exception.
+ */
+#ifndef BROOMIO_TASK_H
+#define BROOMIO_TASK_H
+
+#include "state.h"
+#include "sync.h"
+
+enum { BRO_TASK_READY = 1, BRO_TASK_RUNNING, BRO_TASK_WAITING, BRO_TASK_DONE };
+
+enum {
+    BRO_WAIT_NONE = 0,
+    BRO_WAIT_READY,    /* rescheduled by a checkpoint: sits in the ready ring */
+    BRO_WAIT_TIMER,    /* in the timer heap */
+    BRO_WAIT_LOT,      /* parked in a bro_lot */
+    BRO_WAIT_FD,       /* in the fd table */
+    BRO_WAIT_CHILDREN, /* a nursery's parent waiting for its children (not abortable) */
+    BRO_WAIT_EXTERNAL, /* woken by Python code via Loop.reschedule() */
+    BRO_WAIT_FOREVER,  /* sleep_forever(): only cancellation ends it */
+};
+
+struct bro_task {
+    PyObject_HEAD
+    Py_ssize_t heap_index; /* bro_timed header */
+    bro_loop *loop;        /* strong */
+    PyObject *coro;
+    PyObject *context;
+    PyObject *name; /* NULL: computed from the coroutine on demand */
+    PyObject *result;
+    PyObject *exception;
+    PyObject *wake_value;
+    PyObject *wake_exc;
+    PyObject *abort_fn; /* BRO_WAIT_EXTERNAL: called on cancellation */
+
+    bro_scope *scope; /* strong: innermost cancel scope */
+    bro_task *scope_prev, *scope_next;
+
+    bro_nursery *nursery; /* strong; the nursery's child list holds a strong ref back */
+    bro_task *sib_prev, *sib_next;
+
+    bro_task *all_prev, *all_next; /* the loop's list of live tasks (borrowed) */
+
+    bro_lot *lot; /* the lot this task is parked in (borrowed) */
+    bro_task *lot_prev, *lot_next;
+    bro_lot joiners;
+
+    int fd;
+    uint8_t state;
+    uint8_t wait;
+    uint8_t wait_dir;
+    uint8_t abortable;
+    uint8_t cancel_requested;
+    uint8_t cancel_pending;
+    uint8_t started;
+    uint8_t throw_pending; /* resume with coro.throw(wake_exc): a foreign yield */
+    uint8_t in_pending;    /* its coroutine is in loop->pending_coros */
+    PyObject *weakreflist;
+};
+
+#define BRO_TASK_CHECK(st, o) Py_IS_TYPE((o), (st)->task_type)
+
+/* Creates a task for coro (a coroutine; reference stolen) in nursery; schedules it now, or
+ * after delay seconds when delay > 0. */
+bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, PyObject *name,
+                         double delay, int user_coro);
+/* Turns fn_or_coro + args into a fresh coroutine, with clear errors. New reference. */
+PyObject *bro_make_coro(bro_loop *loop, PyObject *fn_or_coro, PyObject *const *args,
+                        Py_ssize_t nargs, int *user_coro);
+/* Parses (fn_or_coro, *args, name=None) and spawns; shared by Loop and Nursery. */
+PyObject *bro_spawn_from_args(bro_loop *loop, bro_nursery *nursery, double delay,
+                              PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+/* Fetches the raised exception as a normalized instance with its traceback. */
+PyObject *bro_fetch_exception(void);
+
+int bro_task_step(bro_task *t);
+void bro_task_wake(bro_task *t, PyObject *value, PyObject *exc);
+/* Removes the task's wait registration, whatever it is.  For external waits it calls the
+ * abort function; returns 1 if the wait is gone, 0 if it must be left to complete, -1 on
+ * error. */
+int bro_task_abort_wait(bro_task *t);
+int bro_task_deliver_cancel(bro_task *t);
+void bro_task_update_cancel(bro_task *t, PyObject *deliver);
+/* Closes an unfinished task's coroutine when its loop is closed. */
+void bro_task_abandon(bro_task *t);
+void bro_task_park(bro_task *t, int wait, int abortable);
+
+#endif
