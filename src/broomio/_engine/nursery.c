@@ -67,7 +67,7 @@ static int nursery_record(bro_nursery *n, PyObject *exc)
 int bro_nursery_child_done(bro_nursery *n, bro_task *t)
 {
     int r = 0;
-    PyObject *exc = t->exception;
+    PyObject *exc = BRO_TASK_EXC(t);
     if (exc != NULL && !PyObject_TypeCheck(exc, (PyTypeObject *)n->loop->st->Cancelled))
         r = nursery_record(n, exc);
     bro_nursery_unlink_child(n, t);

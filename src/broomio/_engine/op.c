@@ -10,7 +10,7 @@
  *                    PYGEN_RETURN (no StopIteration, no trip through the scheduler), or
  *                    register one wait on the current task and yield the `parked` sentinel.
  *   state PARKED  -> the task was woken; read the outcome the waker stored on the task
- *                    (wake_value / wake_exc) and return or raise it.
+ *                    (task->wake, an exception if wake_failed) and return or raise it.
  *   state BUDGET  -> the op could have completed but the task's step budget ran out, so it
  *                    yielded once to let other tasks run; now it tries again.
  *
@@ -130,12 +130,12 @@ static inline int op_budget_spent(bro_loop *loop)
 
 static PySendResult op_join_outcome(bro_task *target, PyObject **res)
 {
-    if (target->exception != NULL) {
+    if (target->failed) {
         extern int bro_task_raise_outcome(bro_task * t);
         bro_task_raise_outcome(target);
         return PYGEN_ERROR;
     }
-    *res = Py_NewRef(target->result);
+    *res = Py_NewRef(target->outcome);
     return PYGEN_RETURN;
 }
 
@@ -203,7 +203,12 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
             op->state = OP_DONE;
             return op_join_outcome(target, res);
         }
-        bro_lot_append(&target->joiners, t);
+        if (target->joiners == NULL &&
+            (target->joiners = PyMem_Calloc(1, sizeof(bro_lot))) == NULL) {
+            PyErr_NoMemory();
+            return PYGEN_ERROR;
+        }
+        bro_lot_append(target->joiners, t);
         return op_park(op, t, BRO_WAIT_LOT, 1, res);
     }
     case OP_CHILDREN: {
@@ -220,7 +225,8 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
         return op_fd_fresh(op, t, res);
     case OP_SUSPEND: {
         int abortable = op->target != NULL && op->target != Py_None;
-        Py_XSETREF(t->abort_fn, Py_XNewRef(op->target));
+        Py_XSETREF(t->wake, Py_XNewRef(op->target));
+        t->wake_failed = 0;
         return op_park(op, t, BRO_WAIT_EXTERNAL, abortable, res);
     }
     }
@@ -231,18 +237,18 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
 static PySendResult op_resume(bro_op *op, bro_task *t, PyObject **res)
 {
     op->state = OP_DONE;
-    if (t->wake_exc != NULL) {
-        PyObject *exc = t->wake_exc;
-        t->wake_exc = NULL;
-        Py_CLEAR(t->wake_value);
+    if (t->wake_failed) {
+        PyObject *exc = t->wake;
+        t->wake = NULL;
+        t->wake_failed = 0;
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
         return PYGEN_ERROR;
     }
     if (op->kind == OP_JOIN)
         return op_join_outcome((bro_task *)op->target, res);
-    PyObject *value = t->wake_value;
-    t->wake_value = NULL;
+    PyObject *value = t->wake;
+    t->wake = NULL;
     *res = value ? value : Py_NewRef(Py_None);
     return PYGEN_RETURN;
 }

@@ -151,6 +151,32 @@ PyObject *bro_make_coro(bro_loop *loop, PyObject *fn, PyObject *const *args, Py_
     return NULL;
 }
 
+/* While a task is alive, its coroutine and Context are reachable only through it (and the
+ * task through its loop), so the cyclic collector could never free them; keeping them out of
+ * the collector's lists makes every collection cheaper while many tasks are alive.  They are
+ * handed back to the collector before the task lets go of them.  `gc_hidden` records which
+ * of the two we untracked, so we never track an object CPython had not tracked. */
+static void task_hide_from_gc(bro_task *t)
+{
+    if (t->coro != NULL && PyObject_GC_IsTracked(t->coro)) {
+        PyObject_GC_UnTrack(t->coro);
+        t->gc_hidden |= 1;
+    }
+    if (t->context != NULL && PyObject_GC_IsTracked(t->context)) {
+        PyObject_GC_UnTrack(t->context);
+        t->gc_hidden |= 2;
+    }
+}
+
+static void task_show_to_gc(bro_task *t)
+{
+    if ((t->gc_hidden & 1) && t->coro != NULL && !PyObject_GC_IsTracked(t->coro))
+        PyObject_GC_Track(t->coro);
+    if ((t->gc_hidden & 2) && t->context != NULL && !PyObject_GC_IsTracked(t->context))
+        PyObject_GC_Track(t->context);
+    t->gc_hidden = 0;
+}
+
 /* ---- spawning ------------------------------------------------------------------------- */
 
 bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, PyObject *name,
@@ -207,7 +233,12 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
 
     bro_nursery_link_child(nursery, t);
     bro_scope_attach_task(nursery->scope, t);
-    PyObject_GC_Track(t);
+    task_hide_from_gc(t);
+    /* A live task is not GC-tracked: it is always reachable from its loop (the all_tasks
+     * list, its nursery), so the collector has nothing to find in it, and skipping it makes
+     * every collection cheaper while many tasks are alive.  loop.close() finishes every
+     * live task, and bro_task_finish() starts tracking it, once cycles through its result
+     * or traceback become possible. */
 
     if (delay > 0) {
         bro_task_park(t, BRO_WAIT_TIMER, 1);
@@ -283,9 +314,8 @@ void bro_task_wake(bro_task *t, PyObject *value, PyObject *exc)
     assert(t->state == BRO_TASK_WAITING);
     t->wait = BRO_WAIT_NONE;
     t->abortable = 0;
-    Py_CLEAR(t->abort_fn);
-    Py_XSETREF(t->wake_value, Py_XNewRef(value));
-    Py_XSETREF(t->wake_exc, Py_XNewRef(exc));
+    t->wake_failed = exc != NULL;
+    Py_XSETREF(t->wake, Py_XNewRef(exc ? exc : value)); /* also releases an abort function */
     t->state = BRO_TASK_READY;
     if (bro_ready_push(t->loop, (PyObject *)t) < 0) {
         /* The ring could not grow: the loop cannot make progress; report and keep going. */
@@ -318,9 +348,9 @@ int bro_task_abort_wait(bro_task *t)
     case BRO_WAIT_FOREVER:
         return 1;
     case BRO_WAIT_EXTERNAL: {
-        if (t->abort_fn == NULL || t->abort_fn == Py_None)
+        if (t->wake == NULL || t->wake == Py_None)
             return 0;
-        PyObject *fn = Py_NewRef(t->abort_fn);
+        PyObject *fn = Py_NewRef(t->wake);
         PyObject *r = PyObject_CallNoArgs(fn);
         Py_DECREF(fn);
         if (r == NULL)
@@ -380,22 +410,22 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
     bro_loop *loop = t->loop;
     t->state = BRO_TASK_DONE;
     t->wait = BRO_WAIT_NONE;
-    if (exc != NULL)
-        t->exception = Py_NewRef(exc);
-    else
-        t->result = Py_NewRef(result ? result : Py_None);
+    t->failed = exc != NULL;
+    Py_XSETREF(t->outcome, Py_NewRef(exc ? exc : result ? result : Py_None));
     if (t->in_pending && loop->pending_coros != NULL) {
         if (PySet_Discard(loop->pending_coros, t->coro) < 0)
             PyErr_Clear();
         t->in_pending = 0;
     }
     bro_scope_detach_task(t);
+    task_show_to_gc(t);
     Py_CLEAR(t->context);
-    Py_CLEAR(t->abort_fn);
-    Py_CLEAR(t->wake_value);
-    Py_CLEAR(t->wake_exc);
-    bro_lot_unpark(&t->joiners, PY_SSIZE_T_MAX, NULL);
+    Py_CLEAR(t->wake);
+    if (t->joiners != NULL)
+        bro_lot_unpark(t->joiners, PY_SSIZE_T_MAX, NULL);
     bro_loop_unlink_task(loop, t);
+    if (!PyObject_GC_IsTracked((PyObject *)t))
+        PyObject_GC_Track(t);
     int r = 0;
     bro_nursery *n = t->nursery;
     if (n != NULL) {
@@ -410,8 +440,9 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
 
 static PySendResult task_throw(bro_task *t, PyObject **presult)
 {
-    PyObject *exc = t->wake_exc;
-    t->wake_exc = NULL;
+    PyObject *exc = t->wake;
+    t->wake = NULL;
+    t->wake_failed = 0;
     t->throw_pending = 0;
     PyObject *r = PyObject_CallMethodOneArg(t->coro, t->loop->st->str_throw, exc);
     Py_DECREF(exc);
@@ -452,7 +483,7 @@ int bro_task_step(bro_task *t)
 
     PyObject *res = NULL;
     PySendResult status;
-    if (t->throw_pending || (t->wake_exc != NULL && !was_started))
+    if (t->throw_pending || (t->wake_failed && t->wake != NULL && !was_started))
         status = task_throw(t, &res);
     else
         status = PyIter_Send(t->coro, Py_None, &res);
@@ -496,7 +527,8 @@ int bro_task_step(bro_task *t)
     Py_DECREF(msg);
     if (exc == NULL)
         return -1;
-    Py_XSETREF(t->wake_exc, exc);
+    Py_XSETREF(t->wake, exc);
+    t->wake_failed = 1;
     t->throw_pending = 1;
     t->state = BRO_TASK_READY;
     return bro_ready_push(loop, (PyObject *)t);
@@ -532,8 +564,8 @@ void bro_task_abandon(bro_task *t)
 
 static int task_is_cancelled(bro_task *t)
 {
-    return t->state == BRO_TASK_DONE && t->exception != NULL &&
-           PyObject_TypeCheck(t->exception, (PyTypeObject *)t->loop->st->Cancelled);
+    return t->state == BRO_TASK_DONE && t->failed &&
+           PyObject_TypeCheck(t->outcome, (PyTypeObject *)t->loop->st->Cancelled);
 }
 
 /* Sets the error result() must raise for a finished task; -1 always. */
@@ -545,7 +577,7 @@ int bro_task_raise_outcome(bro_task *t)
         PyErr_Format(t->loop->st->TaskCancelled, "task %R was cancelled", (PyObject *)t);
         return -1;
     }
-    PyErr_SetObject((PyObject *)Py_TYPE(t->exception), t->exception);
+    PyErr_SetObject((PyObject *)Py_TYPE(t->outcome), t->outcome);
     return -1;
 }
 
@@ -565,11 +597,11 @@ static PyObject *task_result(bro_task *t, PyObject *Py_UNUSED(ignored))
         PyErr_Format(PyExc_RuntimeError, "task %R has not finished yet", (PyObject *)t);
         return NULL;
     }
-    if (t->exception != NULL) {
+    if (t->failed) {
         bro_task_raise_outcome(t);
         return NULL;
     }
-    return Py_NewRef(t->result);
+    return Py_NewRef(t->outcome);
 }
 
 static PyObject *task_exception(bro_task *t, PyObject *Py_UNUSED(ignored))
@@ -582,7 +614,7 @@ static PyObject *task_exception(bro_task *t, PyObject *Py_UNUSED(ignored))
         bro_task_raise_outcome(t);
         return NULL;
     }
-    return Py_NewRef(t->exception ? t->exception : Py_None);
+    return Py_NewRef(t->failed ? t->outcome : Py_None);
 }
 
 static PyObject *task_cancel(bro_task *t, PyObject *Py_UNUSED(ignored))
@@ -653,7 +685,7 @@ static PyObject *task_repr(bro_task *t)
     PyObject *r;
     if (t->state == BRO_TASK_DONE && task_is_cancelled(t))
         state = "cancelled";
-    else if (t->state == BRO_TASK_DONE && t->exception != NULL)
+    else if (t->state == BRO_TASK_DONE && t->failed)
         state = "failed";
     r = PyUnicode_FromFormat("<broomio.Task %R %s>", name, state);
     Py_DECREF(name);
@@ -677,7 +709,11 @@ static void task_unlink_all(bro_task *t)
             bro_loop_unlink_task(t->loop, t);
     }
     bro_scope_detach_task(t);
-    bro_lot_detach_all(&t->joiners);
+    if (t->joiners != NULL) {
+        bro_lot_detach_all(t->joiners);
+        PyMem_Free(t->joiners);
+        t->joiners = NULL;
+    }
     if (t->nursery != NULL) {
         bro_nursery *n = t->nursery;
         extern void bro_nursery_unlink_child(bro_nursery * n, bro_task * t);
@@ -690,14 +726,12 @@ static void task_unlink_all(bro_task *t)
 static int task_clear(bro_task *t)
 {
     task_unlink_all(t);
+    task_show_to_gc(t);
     Py_CLEAR(t->coro);
     Py_CLEAR(t->context);
     Py_CLEAR(t->name);
-    Py_CLEAR(t->result);
-    Py_CLEAR(t->exception);
-    Py_CLEAR(t->wake_value);
-    Py_CLEAR(t->wake_exc);
-    Py_CLEAR(t->abort_fn);
+    Py_CLEAR(t->outcome);
+    Py_CLEAR(t->wake);
     Py_CLEAR(t->loop);
     return 0;
 }
@@ -708,11 +742,8 @@ static int task_traverse(bro_task *t, visitproc visit, void *arg)
     Py_VISIT(t->coro);
     Py_VISIT(t->context);
     Py_VISIT(t->name);
-    Py_VISIT(t->result);
-    Py_VISIT(t->exception);
-    Py_VISIT(t->wake_value);
-    Py_VISIT(t->wake_exc);
-    Py_VISIT(t->abort_fn);
+    Py_VISIT(t->outcome);
+    Py_VISIT(t->wake);
     Py_VISIT(t->scope);
     Py_VISIT(t->nursery);
     Py_VISIT(t->loop);

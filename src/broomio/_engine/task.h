@@ -11,7 +11,7 @@
  * the current task (bro_task_park_*), then yields the module's `parked` sentinel.  Whoever
  * completes the wait calls bro_task_wake() with the value or exception; the task goes to the
  * ready ring and is resumed with send(None); the awaitable, resumed in turn, reads the
- * outcome from task->wake_value / task->wake_exc.  Resuming always with None keeps one path
+ * outcome from task->wake (an exception if wake_failed).  Resuming always with None keeps one path
  * for every CPython: 3.11 calls am_send, 3.12+ call tp_iternext for a None send.
  *
  * Cancellation: task->cancel_pending is the level-triggered "every checkpoint must raise
@@ -45,11 +45,11 @@ struct bro_task {
     PyObject *coro;
     PyObject *context;
     PyObject *name; /* NULL: computed from the coroutine on demand */
-    PyObject *result;
-    PyObject *exception;
-    PyObject *wake_value;
-    PyObject *wake_exc;
-    PyObject *abort_fn; /* BRO_WAIT_EXTERNAL: called on cancellation */
+    PyObject *outcome; /* once done: the result, or the exception if `failed` */
+    /* While waiting in suspend(): the abort function.  Once woken: the value to resume
+     * with, or the exception to raise if `wake_failed`.  (One slot: the two never overlap,
+     * and every task saved is 8 bytes times the number of sleeping tasks.) */
+    PyObject *wake;
 
     bro_scope *scope; /* strong: innermost cancel scope */
     bro_task *scope_prev, *scope_next;
@@ -61,22 +61,27 @@ struct bro_task {
 
     bro_lot *lot; /* the lot this task is parked in (borrowed) */
     bro_task *lot_prev, *lot_next;
-    bro_lot joiners;
+    bro_lot *joiners; /* tasks waiting in join(); allocated by the first join */
 
     int fd;
     uint8_t state;
+    uint8_t failed;
+    uint8_t wake_failed;
     uint8_t wait;
     uint8_t wait_dir;
     uint8_t abortable;
     uint8_t cancel_requested;
     uint8_t cancel_pending;
     uint8_t started;
-    uint8_t throw_pending; /* resume with coro.throw(wake_exc): a foreign yield */
+    uint8_t throw_pending; /* resume with coro.throw(wake): a foreign yield */
     uint8_t in_pending;    /* its coroutine is in loop->pending_coros */
+    uint8_t gc_hidden;     /* coro (1) / context (2) untracked while the task lives */
     PyObject *weakreflist;
 };
 
 #define BRO_TASK_CHECK(st, o) Py_IS_TYPE((o), (st)->task_type)
+/* The exception a finished task ended with, or NULL. */
+#define BRO_TASK_EXC(t) ((t)->failed ? (t)->outcome : NULL)
 
 /* Creates a task for coro (a coroutine; reference stolen) in nursery; schedules it now, or
  * after delay seconds when delay > 0. */
