@@ -66,9 +66,21 @@ class Loop(_engine.LoopCore):
             raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
         self.debug = debug
 
+    def _check_can_run(self) -> None:
+        if self.closed:
+            raise RuntimeError("this loop is closed")
+        if self.running:
+            raise RuntimeError("this loop is already running")
+        try:
+            _engine.current_loop()
+        except RuntimeError:
+            return
+        raise RuntimeError("another broomio loop is already running in this thread")
+
     def run(self) -> None:
         """Run until every task has finished; a task's error cancels the others and is
         raised in an ExceptionGroup (KeyboardInterrupt/SystemExit as themselves)."""
+        self._check_can_run()
         self._run()
         errors = self._take_root_errors()
         if errors:
@@ -76,6 +88,7 @@ class Loop(_engine.LoopCore):
 
     def run_until_complete(self, fn_or_coro: Any, *args: Any) -> Any:
         """Run fn_or_coro (and everything it starts) to completion; return its result."""
+        self._check_can_run()
         main = self.start_soon(fn_or_coro, *args)
         try:
             self._run()
@@ -152,14 +165,22 @@ class Nursery(_engine.NurseryCore):
     ) -> bool:
         if exc is not None and not isinstance(exc, Cancelled):
             self._record_error(exc)
-        await self._wait_children()
+        cancelled: Cancelled | None = None
+        try:
+            # Not abortable: a nursery always waits for its children.  It raises Cancelled
+            # only after they are all done, if this task is cancelled (exit is a checkpoint).
+            await self._wait_children()
+        except Cancelled as exc_cancelled:
+            cancelled = exc_cancelled
         errors = self._finish()
         scope = self.cancel_scope
         new: BaseException | None
         if errors:
             new = _group(errors, "errors in nursery")
-        else:
+        elif exc is not None:
             new = exc
+        else:
+            new = cancelled
         if new is None:
             scope.__exit__(None, None, None)
             return False
@@ -176,10 +197,10 @@ class Nursery(_engine.NurseryCore):
         status: TaskStatus[Any] = TaskStatus()
 
         async def starter() -> Any:
-            coro = fn(*args, task_status=status)
-            if not isinstance(coro, Coroutine):
-                raise TypeError(f"{fn!r} did not return a coroutine (is it 'async def'?)")
             try:
+                coro = fn(*args, task_status=status)
+                if not isinstance(coro, Coroutine):
+                    raise TypeError(f"{fn!r} did not return a coroutine (is it 'async def'?)")
                 return await coro
             except BaseException as error:
                 if not status._started:

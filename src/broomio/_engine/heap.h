@@ -35,9 +35,10 @@ int bro_heap_push(bro_timer_heap *h, double when, PyObject *obj);
 PyObject *bro_heap_remove(bro_timer_heap *h, PyObject *obj);
 /* Pops the earliest entry if its deadline is <= now; returns the heap's reference. */
 PyObject *bro_heap_pop_due(bro_timer_heap *h, double now);
+/* The earliest deadline; only meaningful when h->len > 0 (deadlines may be -inf). */
 static inline double bro_heap_next_deadline(const bro_timer_heap *h)
 {
-    return h->len ? h->items[0].when : -1.0;
+    return h->items[0].when;
 }
 void bro_heap_clear(bro_timer_heap *h);
 int bro_heap_traverse(bro_timer_heap *h, visitproc visit, void *arg);

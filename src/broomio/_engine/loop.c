@@ -332,10 +332,9 @@ static int poll_timeout_ms(bro_loop *loop)
 {
     if (loop->ring_len > 0)
         return 0;
-    double next = bro_heap_next_deadline(&loop->heap);
-    if (next < 0)
+    if (loop->heap.len == 0)
         return -1;
-    double delay = next - bro_monotonic();
+    double delay = bro_heap_next_deadline(&loop->heap) - bro_monotonic();
     if (delay <= 0)
         return 0;
     /* Round up: waking a little late is fine, waking early would spin. */

@@ -214,7 +214,11 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
     case OP_CHILDREN: {
         bro_nursery *n = (bro_nursery *)op->target;
         if (n->nchildren == 0) {
+            /* Exiting a nursery is a checkpoint: once the children are done, a cancelled
+             * task gets its Cancelled here, for the enclosing scope to catch. */
             op->state = OP_DONE;
+            if (t->cancel_pending)
+                return bro_raise_cancelled(st), PYGEN_ERROR;
             *res = Py_NewRef(Py_None);
             return PYGEN_RETURN;
         }
@@ -247,6 +251,11 @@ static PySendResult op_resume(bro_op *op, bro_task *t, PyObject **res)
     }
     if (op->kind == OP_JOIN)
         return op_join_outcome((bro_task *)op->target, res);
+    if (op->kind == OP_CHILDREN && t->cancel_pending) {
+        Py_CLEAR(t->wake);
+        bro_raise_cancelled(t->loop->st);
+        return PYGEN_ERROR;
+    }
     PyObject *value = t->wake;
     t->wake = NULL;
     *res = value ? value : Py_NewRef(Py_None);

@@ -13,9 +13,11 @@
  * collected during the walk and only then delivered to, because delivering can run Python
  * code (an external abort function) which must not see a half-updated tree.
  *
- * Catching.  A Cancelled exception that reaches __exit__ of a scope that was itself
- * cancelled is swallowed there (cancelled_caught becomes true).  If an outer scope is also
- * cancelled, the task's next checkpoint raises again: that is what level-triggered means.
+ * Catching.  A Cancelled exception is swallowed by the outermost cancelled scope it can
+ * reach: a scope whose cancel() was called catches it at __exit__ unless its parent is
+ * effectively cancelled too and not shielded off, in which case it passes up (trio's rule).
+ * Cancellation is level-triggered: while any enclosing scope is cancelled, every checkpoint
+ * raises again.
  */
 #include <math.h>
 
@@ -33,7 +35,7 @@ void bro_scope_attach_task(bro_scope *s, bro_task *t)
     if (s->first_task)
         s->first_task->scope_prev = t;
     s->first_task = t;
-    t->cancel_pending = (uint8_t)(t->cancel_requested || s->effective);
+    t->cancel_pending = (uint8_t)(s->effective || (t->cancel_requested && s->owner != t));
 }
 
 void bro_scope_detach_task(bro_task *t)
@@ -71,9 +73,23 @@ static int scope_live(bro_scope *s)
     return s->entered && !s->exited;
 }
 
+/* Does a cancellation from outside reach into s?  Either its parent is effectively
+ * cancelled, or s is the outermost scope its owner task entered and that task was cancelled
+ * with task.cancel() (which acts like a scope just around the task's body).  A shield stops
+ * both. */
+static int scope_outside_cancelled(bro_scope *s)
+{
+    if (s->shield)
+        return 0;
+    if (s->parent != NULL && s->parent->effective)
+        return 1;
+    return s->owner != NULL && s->owner->cancel_requested &&
+           (s->parent == NULL || s->parent->owner != s->owner);
+}
+
 static void scope_recompute(bro_scope *s, PyObject *deliver)
 {
-    int effective = s->cancel_called || (!s->shield && s->parent != NULL && s->parent->effective);
+    int effective = s->cancel_called || scope_outside_cancelled(s);
     if (effective == s->effective)
         return;
     s->effective = (uint8_t)effective;
@@ -116,6 +132,22 @@ int bro_scope_cancel(bro_scope *s)
     if (!scope_live(s))
         return 0;
     return scope_propagate(s);
+}
+
+int bro_task_cancel(bro_task *t)
+{
+    if (t->state == BRO_TASK_DONE || t->cancel_requested)
+        return 0;
+    t->cancel_requested = 1;
+    /* The cancellation enters through the outermost scope the task itself entered, so that
+     * it reaches the task's nurseries and respects its shields. */
+    bro_scope *outer = NULL;
+    for (bro_scope *s = t->scope; s != NULL && s->owner == t; s = s->parent)
+        outer = s;
+    if (outer != NULL && scope_propagate(outer) < 0)
+        return -1;
+    bro_task_update_cancel(t, NULL);
+    return 0;
 }
 
 int bro_scope_fire(bro_scope *s)
@@ -168,8 +200,7 @@ int bro_scope_enter(bro_scope *s, bro_task *t)
             parent->first_child->prev_sib = s;
         parent->first_child = s;
     }
-    s->effective =
-        (uint8_t)(s->cancel_called || (!s->shield && parent != NULL && parent->effective));
+    s->effective = (uint8_t)(s->cancel_called || scope_outside_cancelled(s));
     bro_scope_detach_task(t);
     bro_scope_attach_task(s, t);
     return scope_arm_deadline(s);
@@ -237,10 +268,14 @@ static PyObject *scope_exit(bro_scope *s, PyObject *const *args, Py_ssize_t narg
                         "a CancelScope must be exited inside a task run by a broomio loop");
         return NULL;
     }
+    /* A Cancelled belongs to the outermost cancelled scope it can see: if the parent's
+     * cancellation reaches through this scope (no shield), let the exception go up to it,
+     * as trio does.  Decide before leaving, while the tree is intact. */
+    int catches = s->cancel_called && !scope_outside_cancelled(s);
     if (bro_scope_leave(s, t) < 0)
         return NULL;
     bro_state *st = t->loop->st;
-    if (exc == Py_None || !s->cancel_called)
+    if (exc == Py_None || !catches)
         Py_RETURN_FALSE;
     if (is_cancelled(st, exc)) {
         s->caught = 1;

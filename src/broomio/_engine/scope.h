@@ -47,6 +47,8 @@ void bro_scope_attach_task(bro_scope *s, bro_task *t);
 void bro_scope_detach_task(bro_task *t);
 int bro_scope_cancel(bro_scope *s);
 int bro_scope_fire(bro_scope *s); /* its deadline passed */
+/* task.cancel(): cancel t's whole body, nurseries included, shields respected. */
+int bro_task_cancel(bro_task *t);
 
 bro_nursery *bro_nursery_new_root(bro_loop *loop);
 void bro_nursery_link_child(bro_nursery *n, bro_task *t);

@@ -117,14 +117,12 @@ static PyObject *lotobj_unpark(bro_lot_object *self, PyObject *args, PyObject *k
     return PyLong_FromSsize_t(bro_lot_unpark(&self->lot, n, value));
 }
 
-static PyObject *lotobj_unpark_all(bro_lot_object *self, PyObject *const *args,
-                                   Py_ssize_t nargs)
+static PyObject *lotobj_unpark_all(bro_lot_object *self, PyObject *args, PyObject *kwds)
 {
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "unpark_all() takes at most 1 argument (value)");
+    static char *kwlist[] = {"value", NULL};
+    PyObject *value = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:unpark_all", kwlist, &value))
         return NULL;
-    }
-    PyObject *value = nargs ? args[0] : NULL;
     return PyLong_FromSsize_t(bro_lot_unpark(&self->lot, PY_SSIZE_T_MAX, value));
 }
 
@@ -158,7 +156,7 @@ static PyMethodDef lotobj_methods[] = {
      "Awaitable: wait in FIFO order until unparked; returns the value given to unpark()."},
     {"unpark", (PyCFunction)(void (*)(void))lotobj_unpark, METH_VARARGS | METH_KEYWORDS,
      "unpark(n=1, value=None) -> int\n--\n\nWake up to n parked tasks, oldest first."},
-    {"unpark_all", (PyCFunction)(void (*)(void))lotobj_unpark_all, METH_FASTCALL,
+    {"unpark_all", (PyCFunction)(void (*)(void))lotobj_unpark_all, METH_VARARGS | METH_KEYWORDS,
      "unpark_all(value=None) -> int\n--\n\nWake every parked task."},
     {NULL, NULL, 0, NULL},
 };

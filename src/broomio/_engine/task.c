@@ -387,7 +387,11 @@ int bro_task_deliver_cancel(bro_task *t)
 
 void bro_task_update_cancel(bro_task *t, PyObject *deliver)
 {
-    int pending = t->cancel_requested || (t->scope != NULL && t->scope->effective);
+    /* Once the task has entered a scope of its own, task.cancel() reaches it through that
+     * scope (see scope.c), so a shield inside the task can hold it off. */
+    bro_scope *s = t->scope;
+    int pending = (s != NULL && s->effective) ||
+                  (t->cancel_requested && (s == NULL || s->owner != t));
     int was = t->cancel_pending;
     t->cancel_pending = (uint8_t)pending;
     if (pending && !was && t->state == BRO_TASK_WAITING && t->abortable) {
@@ -619,10 +623,8 @@ static PyObject *task_exception(bro_task *t, PyObject *Py_UNUSED(ignored))
 
 static PyObject *task_cancel(bro_task *t, PyObject *Py_UNUSED(ignored))
 {
-    if (t->state != BRO_TASK_DONE && !t->cancel_requested) {
-        t->cancel_requested = 1;
-        bro_task_update_cancel(t, NULL);
-    }
+    if (bro_task_cancel(t) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
