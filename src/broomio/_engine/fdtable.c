@@ -6,7 +6,9 @@
  */
 #include <string.h>
 
+#include "loop.h"
 #include "poll.h"
+#include "task.h"
 
 bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
 {
@@ -40,10 +42,6 @@ void bro_fdtable_free(bro_fdtable *t)
 /* notify_closing(fd): wake the fd's waiters with ClosedResourceError and forget the fd, so
  * that the next file opened with the same number starts from a clean slot.  Call it before
  * closing an fd that tasks may be waiting on. */
-#include "loop.h"
-#include "task.h"
-
-PyObject *bro_mod_notify_closing(PyObject *module, PyObject *arg);
 
 PyObject *bro_mod_notify_closing(PyObject *Py_UNUSED(module), PyObject *arg)
 {

@@ -13,8 +13,7 @@
 #include "state.h"
 
 typedef struct {
-    PyObject_HEAD
-    Py_ssize_t heap_index; /* -1 when not in the heap */
+    PyObject_HEAD Py_ssize_t heap_index; /* -1 when not in the heap */
 } bro_timed;
 
 typedef struct {

@@ -114,9 +114,8 @@ int bro_loop_check_usable(bro_loop *loop)
         return -1;
     }
     if (loop->running && bro_running_loop != loop) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this loop is running in another thread; use "
-                        "loop.call_soon_threadsafe() to reach it");
+        PyErr_SetString(PyExc_RuntimeError, "this loop is running in another thread; use "
+                                            "loop.call_soon_threadsafe() to reach it");
         return -1;
     }
     return 0;
@@ -153,8 +152,7 @@ static int inbox_drain(bro_loop *loop)
     return 0;
 }
 
-static PyObject *loop_call_soon_threadsafe(bro_loop *loop, PyObject *const *args,
-                                           Py_ssize_t nargs)
+static PyObject *loop_call_soon_threadsafe(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || !PyCallable_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError,
@@ -239,8 +237,8 @@ static void signals_restore(bro_loop *loop)
         return;
     PyObject *exc = bro_fetch_exception();
     PyObject *signal = PyImport_ImportModule("signal");
-    PyObject *r = signal ? PyObject_CallMethod(signal, "set_wakeup_fd", "O", loop->old_wakeup_fd)
-                         : NULL;
+    PyObject *r =
+        signal ? PyObject_CallMethod(signal, "set_wakeup_fd", "O", loop->old_wakeup_fd) : NULL;
     if (r == NULL)
         PyErr_WriteUnraisable((PyObject *)loop);
     Py_XDECREF(r);
@@ -316,8 +314,7 @@ static int fire_timers(bro_loop *loop)
             bro_task *t = (bro_task *)obj;
             if (t->state == BRO_TASK_WAITING && t->wait == BRO_WAIT_TIMER)
                 bro_task_wake(t, NULL, NULL);
-        }
-        else if (Py_IS_TYPE(obj, st->scope_type)) {
+        } else if (Py_IS_TYPE(obj, st->scope_type)) {
             if (bro_scope_fire((bro_scope *)obj) < 0)
                 r = -1;
         }
@@ -361,11 +358,10 @@ static int run_iterations(bro_loop *loop)
 
         int timeout = poll_timeout_ms(loop);
         int woken = 0, count, err;
-        Py_BEGIN_ALLOW_THREADS
-        count = bro_poller_wait(loop->poller, timeout, events, 256, &woken);
+        Py_BEGIN_ALLOW_THREADS count = bro_poller_wait(loop->poller, timeout, events, 256, &woken);
         err = errno;
-        Py_END_ALLOW_THREADS
-        if (count < 0) {
+        Py_END_ALLOW_THREADS if (count < 0)
+        {
             if (err != EINTR) {
                 errno = err;
                 PyErr_SetFromErrno(PyExc_OSError);
@@ -503,8 +499,6 @@ static PyObject *loop_start_soon(bro_loop *loop, PyObject *const *args, Py_ssize
 static PyObject *loop_start_later(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
-    extern int bro_parse_seconds(PyObject * arg, const char *fname, const char *argname,
-                                 double *out);
     if (bro_loop_check_usable(loop) < 0)
         return NULL;
     if (nargs < 1) {
@@ -531,8 +525,8 @@ static PyObject *loop_reschedule(bro_loop *loop, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"task", "value", "exception", NULL};
     PyObject *task, *value = NULL, *exc = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|O$O:reschedule", kwlist,
-                                     loop->st->task_type, &task, &value, &exc))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|O$O:reschedule", kwlist, loop->st->task_type,
+                                     &task, &value, &exc))
         return NULL;
     bro_task *t = (bro_task *)task;
     if (t->loop != loop) {
@@ -540,8 +534,8 @@ static PyObject *loop_reschedule(bro_loop *loop, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (t->state != BRO_TASK_WAITING || t->wait != BRO_WAIT_EXTERNAL) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "task %R is not suspended in broomio.lowlevel.suspend()", task);
+        PyErr_Format(PyExc_RuntimeError, "task %R is not suspended in broomio.lowlevel.suspend()",
+                     task);
         return NULL;
     }
     if (exc == Py_None)
@@ -586,8 +580,6 @@ static PyObject *loop_get_slow(bro_loop *loop, void *Py_UNUSED(c))
 
 static int loop_set_slow(bro_loop *loop, PyObject *v, void *Py_UNUSED(c))
 {
-    extern int bro_parse_seconds(PyObject * arg, const char *fname, const char *argname,
-                                 double *out);
     double d;
     if (v == NULL) {
         PyErr_SetString(PyExc_AttributeError, "cannot delete slow_callback_duration");
@@ -634,8 +626,7 @@ static int bro_loop_setup(bro_loop *loop, PyObject *module, bro_state *st)
     return 0;
 }
 
-static PyObject *loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
-                          PyObject *Py_UNUSED(kwds))
+static PyObject *loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
     PyObject *module = PyType_GetModuleByDef(type, &bro_module_def);
     if (module == NULL)
@@ -706,8 +697,7 @@ static PyMethodDef loop_methods[] = {
     {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's monotonic clock, in seconds."},
     {"close", (PyCFunction)loop_close, METH_NOARGS,
      "Release the loop's resources; unfinished tasks are closed."},
-    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe,
-     METH_FASTCALL,
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, METH_FASTCALL,
      "call_soon_threadsafe(fn, *args)\n--\n\nFrom any thread: run fn(*args) in the loop's "
      "thread soon."},
     {"reschedule", (PyCFunction)(void (*)(void))loop_reschedule, METH_VARARGS | METH_KEYWORDS,

@@ -12,8 +12,7 @@
 #include "state.h"
 
 struct bro_loop {
-    PyObject_HEAD
-    bro_state *st;
+    PyObject_HEAD bro_state *st;
     PyObject *module; /* strong: keeps st alive */
 
     /* The ready ring: a circular array of strong references to runnable tasks. */
@@ -26,7 +25,7 @@ struct bro_loop {
 
     /* Cross-thread inbox: (fn, args) tuples pushed by any thread, run by the loop. */
     pthread_mutex_t inbox_lock;
-    PyObject *inbox;         /* list, guarded by inbox_lock */
+    PyObject *inbox;          /* list, guarded by inbox_lock */
     atomic_int inbox_pending; /* a wake-up is already on its way */
 
     int signal_rfd, signal_wfd; /* signal.set_wakeup_fd() pipe while running */
@@ -38,7 +37,7 @@ struct bro_loop {
     bro_task *all_tasks; /* borrowed list of unfinished tasks */
     bro_task *current;   /* borrowed: the task being stepped */
     int budget;
-    bro_nursery *root;      /* strong */
+    bro_nursery *root;       /* strong */
     PyObject *pending_coros; /* set: coroutine objects spawned but not yet started */
     PyObject *interrupt;     /* a KeyboardInterrupt waiting for cleanup to finish */
     PyObject *op_cache[4];   /* reusable awaitables; see op.c */

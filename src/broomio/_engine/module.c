@@ -6,15 +6,10 @@
 #include "scope.h"
 #include "task.h"
 
-PyObject *bro_mod_sleep(PyObject *module, PyObject *arg);
 PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg);
-PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *ignored);
 PyObject *bro_mod_checkpoint(PyObject *module, PyObject *ignored);
-PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
-PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);
 PyObject *bro_mod_notify_closing(PyObject *module, PyObject *arg);
-PyObject *bro_mod_current_effective_deadline(PyObject *module, PyObject *ignored);
 
 int bro_module_add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out)
 {

@@ -18,9 +18,6 @@
 #include "scope.h"
 #include "task.h"
 
-extern int bro_scope_enter(bro_scope *s, bro_task *t);
-PyObject *bro_op_children(bro_nursery *n);
-
 void bro_nursery_link_child(bro_nursery *n, bro_task *t)
 {
     t->nursery = (bro_nursery *)Py_NewRef(n);
@@ -34,8 +31,6 @@ void bro_nursery_link_child(bro_nursery *n, bro_task *t)
     n->last_child = t;
     n->nchildren++;
 }
-
-void bro_nursery_unlink_child(bro_nursery *n, bro_task *t);
 
 /* Unlinks t and drops the list's reference (the caller must hold its own). */
 void bro_nursery_unlink_child(bro_nursery *n, bro_task *t)
@@ -133,8 +128,6 @@ static PyObject *nursery_start_soon(bro_nursery *n, PyObject *const *args, Py_ss
 static PyObject *nursery_start_later(bro_nursery *n, PyObject *const *args, Py_ssize_t nargs,
                                      PyObject *kwnames)
 {
-    extern int bro_parse_seconds(PyObject * arg, const char *fname, const char *argname,
-                                 double *out);
     if (nursery_check_open(n) < 0)
         return NULL;
     if (nargs < 1) {
@@ -284,11 +277,9 @@ static void nursery_dealloc(bro_nursery *n)
 }
 
 static PyMethodDef nursery_methods[] = {
-    {"start_soon", (PyCFunction)(void (*)(void))nursery_start_soon,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"start_soon", (PyCFunction)(void (*)(void))nursery_start_soon, METH_FASTCALL | METH_KEYWORDS,
      "start_soon(fn_or_coro, *args, name=None) -> Task\n--\n\nStart a child task."},
-    {"start_later", (PyCFunction)(void (*)(void))nursery_start_later,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"start_later", (PyCFunction)(void (*)(void))nursery_start_later, METH_FASTCALL | METH_KEYWORDS,
      "start_later(delay, fn_or_coro, *args, name=None) -> Task\n--\n\n"
      "Start a child task after delay seconds."},
     {"cancel", (PyCFunction)nursery_cancel, METH_NOARGS,

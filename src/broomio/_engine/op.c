@@ -24,7 +24,6 @@
  * the nursery, the lot's owner, the abort function) and none to the task that awaits it.
  */
 #include <math.h>
-#include <poll.h>
 
 #include "heap.h"
 #include "loop.h"
@@ -46,8 +45,7 @@ enum {
 enum { OP_FRESH, OP_PARKED, OP_DONE, OP_BUDGET };
 
 typedef struct {
-    PyObject_HEAD
-    uint8_t kind;
+    PyObject_HEAD uint8_t kind;
     uint8_t state;
     uint8_t absolute; /* OP_SLEEP: value is a deadline, not a duration */
     uint8_t dir;      /* OP_FD: BRO_READABLE or BRO_WRITABLE */
@@ -57,8 +55,8 @@ typedef struct {
     bro_lot *lot; /* OP_LOT: points into target */
 } bro_op;
 
-static const char *op_names[] = {"checkpoint", "sleep", "park", "join", "nursery wait",
-                                 "fd wait", "suspend"};
+static const char *op_names[] = {"checkpoint",   "sleep",   "park",   "join",
+                                 "nursery wait", "fd wait", "suspend"};
 
 static PyObject *op_alloc(bro_state *st, int kind)
 {
@@ -131,7 +129,6 @@ static inline int op_budget_spent(bro_loop *loop)
 static PySendResult op_join_outcome(bro_task *target, PyObject **res)
 {
     if (target->failed) {
-        extern int bro_task_raise_outcome(bro_task * t);
         bro_task_raise_outcome(target);
         return PYGEN_ERROR;
     }
@@ -345,11 +342,9 @@ static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
+    } else if (PyExceptionClass_Check(typ)) {
         PyErr_SetObject(typ, val == Py_None ? NULL : val);
-    }
-    else {
+    } else {
         PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving "
                                          "from BaseException");
         return NULL;
@@ -449,19 +444,16 @@ static int parse_seconds(PyObject *arg, const char *fname, const char *argname, 
     double d;
     if (PyFloat_CheckExact(arg)) {
         d = PyFloat_AS_DOUBLE(arg);
-    }
-    else if (PyLong_CheckExact(arg)) {
+    } else if (PyLong_CheckExact(arg)) {
         d = PyLong_AsDouble(arg);
         if (d == -1.0 && PyErr_Occurred())
             return -1;
-    }
-    else if (PyBool_Check(arg) || PyUnicode_Check(arg) || PyBytes_Check(arg) ||
-             !PyNumber_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "%s() argument '%s' must be a real number, not %.200s",
-                     fname, argname, Py_TYPE(arg)->tp_name);
+    } else if (PyBool_Check(arg) || PyUnicode_Check(arg) || PyBytes_Check(arg) ||
+               !PyNumber_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() argument '%s' must be a real number, not %.200s", fname,
+                     argname, Py_TYPE(arg)->tp_name);
         return -1;
-    }
-    else {
+    } else {
         d = PyFloat_AsDouble(arg);
         if (d == -1.0 && PyErr_Occurred())
             return -1;
@@ -474,14 +466,10 @@ static int parse_seconds(PyObject *arg, const char *fname, const char *argname, 
     return 0;
 }
 
-int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);
-
 int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
 {
     return parse_seconds(arg, fname, argname, out);
 }
-
-PyObject *bro_mod_sleep(PyObject *module, PyObject *arg);
 
 PyObject *bro_mod_sleep(PyObject *module, PyObject *arg)
 {
@@ -499,8 +487,6 @@ PyObject *bro_mod_sleep(PyObject *module, PyObject *arg)
     return (PyObject *)op;
 }
 
-PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg);
-
 PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg)
 {
     double d;
@@ -514,8 +500,6 @@ PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg)
     return (PyObject *)op;
 }
 
-PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored));
-
 PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     bro_op *op = (bro_op *)op_alloc(state_of(module), OP_SLEEP);
@@ -526,14 +510,10 @@ PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored))
     return (PyObject *)op;
 }
 
-PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored));
-
 PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     return op_alloc(state_of(module), OP_CHECKPOINT);
 }
-
-PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -565,7 +545,6 @@ static PyObject *fd_wait(PyObject *module, PyObject *arg, int dir)
     return (PyObject *)op;
 }
 
-PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
 PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);
 
 PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg)
@@ -586,8 +565,6 @@ PyObject *bro_op_join(bro_task *target)
     return (PyObject *)op;
 }
 
-PyObject *bro_op_children(bro_nursery *n);
-
 PyObject *bro_op_children(bro_nursery *n)
 {
     bro_op *op = (bro_op *)op_alloc(n->loop->st, OP_CHILDREN);
@@ -595,8 +572,6 @@ PyObject *bro_op_children(bro_nursery *n)
         op->target = Py_NewRef(n);
     return (PyObject *)op;
 }
-
-PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot);
 
 PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot)
 {

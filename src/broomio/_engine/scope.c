@@ -181,7 +181,6 @@ bro_scope *bro_scope_new_root(bro_loop *loop)
 }
 
 /* Enters s in task t; shared by __enter__ and nurseries. */
-int bro_scope_enter(bro_scope *s, bro_task *t);
 
 int bro_scope_enter(bro_scope *s, bro_task *t)
 {
@@ -220,7 +219,6 @@ static PyObject *scope_enter(bro_scope *s, PyObject *Py_UNUSED(ignored))
 }
 
 /* Leaves s in task t; the exception handling is the caller's. */
-int bro_scope_leave(bro_scope *s, bro_task *t);
 
 int bro_scope_leave(bro_scope *s, bro_task *t)
 {
@@ -318,8 +316,6 @@ static PyObject *scope_cancel(bro_scope *s, PyObject *Py_UNUSED(ignored))
 
 static int parse_deadline(PyObject *v, double *out)
 {
-    extern int bro_parse_seconds(PyObject * arg, const char *fname, const char *argname,
-                                 double *out);
     return bro_parse_seconds(v, "CancelScope", "deadline", out);
 }
 
@@ -341,8 +337,7 @@ static int scope_init(bro_scope *s, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static PyObject *scope_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
-                           PyObject *Py_UNUSED(kwds))
+static PyObject *scope_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
     bro_scope *s = (bro_scope *)type->tp_alloc(type, 0);
     if (s == NULL)
@@ -403,9 +398,9 @@ static PyObject *scope_repr(bro_scope *s)
     PyObject *d = PyFloat_FromDouble(s->deadline);
     if (d == NULL)
         return NULL;
-    PyObject *r = PyUnicode_FromFormat("<CancelScope %s%s%s deadline=%R>", state,
-                                       s->cancel_called ? " cancelled" : "",
-                                       s->shield ? " shielded" : "", d);
+    PyObject *r =
+        PyUnicode_FromFormat("<CancelScope %s%s%s deadline=%R>", state,
+                             s->cancel_called ? " cancelled" : "", s->shield ? " shielded" : "", d);
     Py_DECREF(d);
     return r;
 }
@@ -495,8 +490,6 @@ int bro_scope_init_types(PyObject *module, bro_state *st)
 {
     return bro_module_add_type(module, &scope_spec, NULL, &st->scope_type);
 }
-
-PyObject *bro_mod_current_effective_deadline(PyObject *module, PyObject *Py_UNUSED(ignored));
 
 PyObject *bro_mod_current_effective_deadline(PyObject *Py_UNUSED(module),
                                              PyObject *Py_UNUSED(ignored))

@@ -13,10 +13,9 @@
 #include "state.h"
 
 struct bro_scope {
-    PyObject_HEAD
-    Py_ssize_t heap_index; /* bro_timed header: deadline timer */
-    bro_loop *loop;        /* strong, once entered */
-    bro_scope *parent;     /* strong */
+    PyObject_HEAD Py_ssize_t heap_index; /* bro_timed header: deadline timer */
+    bro_loop *loop;                      /* strong, once entered */
+    bro_scope *parent;                   /* strong */
     bro_scope *first_child, *prev_sib, *next_sib;
     bro_task *first_task;
     bro_task *owner; /* borrowed: the task that entered it */
@@ -30,10 +29,9 @@ struct bro_scope {
 };
 
 struct bro_nursery {
-    PyObject_HEAD
-    bro_loop *loop;    /* strong */
-    bro_scope *scope;  /* strong */
-    bro_task *parent;  /* strong; NULL for a loop's root nursery */
+    PyObject_HEAD bro_loop *loop;       /* strong */
+    bro_scope *scope;                   /* strong */
+    bro_task *parent;                   /* strong; NULL for a loop's root nursery */
     bro_task *first_child, *last_child; /* the list owns a reference to each */
     Py_ssize_t nchildren;
     PyObject *errors; /* list, created on the first error */
@@ -55,5 +53,10 @@ void bro_nursery_link_child(bro_nursery *n, bro_task *t);
 /* A child finished: record its error, unlink it, wake a waiting parent. */
 int bro_nursery_child_done(bro_nursery *n, bro_task *t);
 PyObject *bro_nursery_take_errors(bro_nursery *n);
+
+int bro_scope_enter(bro_scope *s, bro_task *t);
+int bro_scope_leave(bro_scope *s, bro_task *t);
+/* Unlinks t from n's children and drops the list's reference (the caller holds its own). */
+void bro_nursery_unlink_child(bro_nursery *n, bro_task *t);
 
 #endif

@@ -79,6 +79,17 @@ int bro_raise_cancelled(bro_state *st);
 /* The monotonic clock, in seconds. */
 double bro_monotonic(void);
 
+/* Module-level functions (the methods table is in module.c). */
+PyObject *bro_mod_sleep(PyObject *module, PyObject *arg);
+PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg);
+PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *ignored);
+PyObject *bro_mod_checkpoint(PyObject *module, PyObject *ignored);
+PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
+PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);
+PyObject *bro_mod_notify_closing(PyObject *module, PyObject *arg);
+PyObject *bro_mod_current_effective_deadline(PyObject *module, PyObject *ignored);
+
 #define BRO_BUDGET 64
 
 #endif

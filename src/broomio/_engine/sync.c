@@ -68,11 +68,8 @@ void bro_lot_detach_all(bro_lot *lot)
 /* ---- ParkingLot ------------------------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD
-    bro_lot lot;
+    PyObject_HEAD bro_lot lot;
 } bro_lot_object;
-
-PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot);
 
 static PyObject *lotobj_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {

@@ -38,8 +38,7 @@ PyObject *bro_fetch_exception(void)
     if (value == NULL) {
         /* Normalization failed in a way that left nothing to report: keep the type. */
         value = Py_NewRef(type);
-    }
-    else if (tb != NULL) {
+    } else if (tb != NULL) {
         PyException_SetTraceback(value, tb);
     }
     Py_DECREF(type);
@@ -244,8 +243,7 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
         bro_task_park(t, BRO_WAIT_TIMER, 1);
         if (bro_heap_push(&loop->heap, bro_monotonic() + delay, (PyObject *)t) < 0)
             goto fail;
-    }
-    else {
+    } else {
         t->state = BRO_TASK_READY;
         if (bro_ready_push(loop, (PyObject *)t) < 0)
             goto fail;
@@ -260,7 +258,6 @@ fail:;
     t->wait = BRO_WAIT_NONE;
     (void)PyObject_CallMethodNoArgs(t->coro, st->str_close);
     PyErr_Clear();
-    extern int bro_task_finish(bro_task * t, PyObject * result, PyObject * exc);
     bro_task_finish(t, NULL, exc);
     Py_XDECREF(exc);
     Py_DECREF(t);
@@ -278,8 +275,7 @@ PyObject *bro_spawn_from_args(bro_loop *loop, bro_nursery *nursery, double delay
             PyObject *key = PyTuple_GET_ITEM(kwnames, i);
             if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
                 name = args[nargs + i];
-            }
-            else {
+            } else {
                 PyErr_Format(PyExc_TypeError, "start_soon() got an unexpected keyword argument %R",
                              key);
                 return NULL;
@@ -375,8 +371,7 @@ int bro_task_deliver_cancel(bro_task *t)
         PyObject *exc = PyObject_CallNoArgs(t->loop->st->Cancelled);
         if (exc == NULL) {
             r = -1;
-        }
-        else {
+        } else {
             bro_task_wake(t, NULL, exc);
             Py_DECREF(exc);
         }
@@ -390,24 +385,21 @@ void bro_task_update_cancel(bro_task *t, PyObject *deliver)
     /* Once the task has entered a scope of its own, task.cancel() reaches it through that
      * scope (see scope.c), so a shield inside the task can hold it off. */
     bro_scope *s = t->scope;
-    int pending = (s != NULL && s->effective) ||
-                  (t->cancel_requested && (s == NULL || s->owner != t));
+    int pending =
+        (s != NULL && s->effective) || (t->cancel_requested && (s == NULL || s->owner != t));
     int was = t->cancel_pending;
     t->cancel_pending = (uint8_t)pending;
     if (pending && !was && t->state == BRO_TASK_WAITING && t->abortable) {
         if (deliver != NULL) {
             if (PyList_Append(deliver, (PyObject *)t) < 0)
                 PyErr_WriteUnraisable((PyObject *)t);
-        }
-        else if (bro_task_deliver_cancel(t) < 0) {
+        } else if (bro_task_deliver_cancel(t) < 0) {
             PyErr_WriteUnraisable((PyObject *)t);
         }
     }
 }
 
 /* ---- finishing ------------------------------------------------------------------------ */
-
-int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc);
 
 int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
 {
@@ -573,7 +565,6 @@ static int task_is_cancelled(bro_task *t)
 }
 
 /* Sets the error result() must raise for a finished task; -1 always. */
-int bro_task_raise_outcome(bro_task *t);
 
 int bro_task_raise_outcome(bro_task *t)
 {
@@ -627,8 +618,6 @@ static PyObject *task_cancel(bro_task *t, PyObject *Py_UNUSED(ignored))
         return NULL;
     Py_RETURN_NONE;
 }
-
-PyObject *bro_op_join(bro_task *target);
 
 static PyObject *task_join(bro_task *t, PyObject *Py_UNUSED(ignored))
 {
@@ -718,7 +707,6 @@ static void task_unlink_all(bro_task *t)
     }
     if (t->nursery != NULL) {
         bro_nursery *n = t->nursery;
-        extern void bro_nursery_unlink_child(bro_nursery * n, bro_task * t);
         bro_nursery_unlink_child(n, t);
         t->nursery = NULL;
         Py_DECREF(n);

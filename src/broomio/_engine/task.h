@@ -39,12 +39,11 @@ enum {
 };
 
 struct bro_task {
-    PyObject_HEAD
-    Py_ssize_t heap_index; /* bro_timed header */
-    bro_loop *loop;        /* strong */
+    PyObject_HEAD Py_ssize_t heap_index; /* bro_timed header */
+    bro_loop *loop;                      /* strong */
     PyObject *coro;
     PyObject *context;
-    PyObject *name; /* NULL: computed from the coroutine on demand */
+    PyObject *name;    /* NULL: computed from the coroutine on demand */
     PyObject *outcome; /* once done: the result, or the exception if `failed` */
     /* While waiting in suspend(): the abort function.  Once woken: the value to resume
      * with, or the exception to raise if `wake_failed`.  (One slot: the two never overlap,
@@ -107,5 +106,14 @@ void bro_task_update_cancel(bro_task *t, PyObject *deliver);
 /* Closes an unfinished task's coroutine when its loop is closed. */
 void bro_task_abandon(bro_task *t);
 void bro_task_park(bro_task *t, int wait, int abortable);
+
+int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc);
+/* Sets the error that result()/join() raise for a finished task; returns -1. */
+int bro_task_raise_outcome(bro_task *t);
+
+/* Engine awaitables (op.c); each returns a new reference. */
+PyObject *bro_op_join(bro_task *target);
+PyObject *bro_op_children(bro_nursery *n);
+PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot);
 
 #endif
