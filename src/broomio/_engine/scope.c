@@ -159,7 +159,7 @@ int bro_scope_fire(bro_scope *s)
 static int scope_arm_deadline(bro_scope *s)
 {
     scope_remove_timer(s);
-    if (s->cancel_called || !scope_live(s) || isinf(s->deadline))
+    if (s->cancel_called || !scope_live(s) || (isinf(s->deadline) && s->deadline > 0))
         return 0;
     if (s->deadline <= bro_monotonic())
         return bro_scope_cancel(s);
