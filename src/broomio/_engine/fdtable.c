@@ -43,6 +43,38 @@ void bro_fdtable_free(bro_fdtable *t)
  * that the next file opened with the same number starts from a clean slot.  Call it before
  * closing an fd that tasks may be waiting on. */
 
+int bro_fd_forget(bro_loop *loop, int fd)
+{
+    if (fd < 0 || fd >= loop->fds.cap)
+        return 0;
+    bro_fd_slot *slot = &loop->fds.slots[fd];
+    bro_task *waiters[2] = {slot->reader, slot->writer};
+    slot->reader = slot->writer = NULL;
+    int r = 0;
+    for (int i = 0; i < 2; i++) {
+        bro_task *t = waiters[i];
+        if (t == NULL)
+            continue;
+        t->fd = -1;
+        PyObject *exc = PyObject_CallFunction(loop->st->ClosedResourceError, "s",
+                                              "the file descriptor was closed while a task "
+                                              "was waiting on it");
+        if (exc == NULL) {
+            r = -1;
+            continue;
+        }
+        bro_task_wake(t, NULL, exc);
+        Py_DECREF(exc);
+    }
+    if (slot->registered && loop->poller != NULL) {
+        /* EBADF/ENOENT just mean it is already gone; nothing else can fail here. */
+        (void)bro_poller_remove(loop->poller, fd);
+    }
+    slot->registered = 0;
+    slot->ready = 0;
+    return r;
+}
+
 PyObject *bro_mod_notify_closing(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     bro_loop *loop = bro_running_loop;
@@ -54,29 +86,7 @@ PyObject *bro_mod_notify_closing(PyObject *Py_UNUSED(module), PyObject *arg)
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0)
         return NULL;
-    if (fd >= loop->fds.cap)
-        Py_RETURN_NONE;
-    bro_fd_slot *slot = &loop->fds.slots[fd];
-    bro_task *waiters[2] = {slot->reader, slot->writer};
-    slot->reader = slot->writer = NULL;
-    for (int i = 0; i < 2; i++) {
-        bro_task *t = waiters[i];
-        if (t == NULL)
-            continue;
-        t->fd = -1;
-        PyObject *exc = PyObject_CallFunction(loop->st->ClosedResourceError, "s",
-                                              "the file descriptor was closed while a task "
-                                              "was waiting on it");
-        if (exc == NULL)
-            return NULL;
-        bro_task_wake(t, NULL, exc);
-        Py_DECREF(exc);
-    }
-    if (slot->registered) {
-        /* EBADF/ENOENT just mean it is already gone; nothing else can fail here. */
-        (void)bro_poller_remove(loop->poller, fd);
-        slot->registered = 0;
-    }
-    slot->ready = 0;
+    if (bro_fd_forget(loop, fd) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }

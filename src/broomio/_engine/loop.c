@@ -456,8 +456,12 @@ static int loop_do_close(bro_loop *loop)
     Py_CLEAR(loop->root);
     Py_CLEAR(loop->pending_coros);
     Py_CLEAR(loop->interrupt);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         Py_CLEAR(loop->op_cache[i]);
+        Py_CLEAR(loop->sockop_cache[i]);
+    }
+    PyMem_Free(loop->scratch);
+    loop->scratch = NULL;
     pthread_mutex_lock(&loop->inbox_lock);
     PyObject *inbox = loop->inbox;
     loop->inbox = NULL;
@@ -658,8 +662,10 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
     Py_VISIT(loop->interrupt);
     Py_VISIT(loop->inbox);
     Py_VISIT(loop->old_wakeup_fd);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         Py_VISIT(loop->op_cache[i]);
+        Py_VISIT(loop->sockop_cache[i]);
+    }
     return 0;
 }
 

@@ -37,16 +37,21 @@ struct bro_loop {
     bro_task *all_tasks; /* borrowed list of unfinished tasks */
     bro_task *current;   /* borrowed: the task being stepped */
     int budget;
-    bro_nursery *root;       /* strong */
-    PyObject *pending_coros; /* set: coroutine objects spawned but not yet started */
-    PyObject *interrupt;     /* a KeyboardInterrupt waiting for cleanup to finish */
-    PyObject *op_cache[4];   /* reusable awaitables; see op.c */
+    bro_nursery *root;         /* strong */
+    PyObject *pending_coros;   /* set: coroutine objects spawned but not yet started */
+    PyObject *interrupt;       /* a KeyboardInterrupt waiting for cleanup to finish */
+    PyObject *op_cache[4];     /* reusable awaitables; see op.c */
+    PyObject *sockop_cache[4]; /* reusable socket awaitables; see sock.c */
+    char *scratch;             /* recv buffer: reads land here, then one exact-size copy */
     uint8_t running, closed, debug;
     PyObject *weakreflist;
 };
 
 int bro_ready_push(bro_loop *loop, PyObject *obj);
 int bro_loop_check_usable(bro_loop *loop);
+/* Wakes fd's waiters with ClosedResourceError, drops its epoll registration and clears its
+ * slot, so the next file with the same number starts clean (fdtable.c). */
+int bro_fd_forget(bro_loop *loop, int fd);
 void bro_loop_unlink_task(bro_loop *loop, bro_task *t);
 
 #endif

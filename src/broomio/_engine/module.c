@@ -143,7 +143,8 @@ static int module_exec(PyObject *module)
         return -1;
     if (bro_task_init_types(module, st) < 0 || bro_op_init_types(module, st) < 0 ||
         bro_scope_init_types(module, st) < 0 || bro_nursery_init_types(module, st) < 0 ||
-        bro_lot_init_types(module, st) < 0 || bro_loop_init_types(module, st) < 0)
+        bro_lot_init_types(module, st) < 0 || bro_loop_init_types(module, st) < 0 ||
+        bro_sock_init_types(module, st) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "BUDGET", BRO_BUDGET) < 0)
         return -1;
@@ -159,6 +160,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->scope_type);
     Py_VISIT(st->nursery_type);
     Py_VISIT(st->lot_type);
+    Py_VISIT(st->socket_type);
+    Py_VISIT(st->sockop_type);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -179,6 +182,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->scope_type);
     Py_CLEAR(st->nursery_type);
     Py_CLEAR(st->lot_type);
+    Py_CLEAR(st->socket_type);
+    Py_CLEAR(st->sockop_type);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

@@ -288,14 +288,14 @@ static PySendResult op_send(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res
     }
 }
 
-static PyObject *op_iternext(bro_op *op)
+/* ---- the iterator protocol, shared with sock.c --------------------------------------- */
+
+static PyObject *finish_send(PySendResult r, PyObject *res, int none_is_exhausted)
 {
-    PyObject *res;
-    PySendResult r = op_send(op, Py_None, &res);
     if (r == PYGEN_NEXT)
         return res;
     if (r == PYGEN_RETURN) {
-        if (res == Py_None) {
+        if (none_is_exhausted && res == Py_None) {
             Py_DECREF(res);
             return NULL; /* exhausted, no exception: the await returns None */
         }
@@ -309,30 +309,24 @@ static PyObject *op_iternext(bro_op *op)
     return NULL;
 }
 
-static PyObject *op_send_method(bro_op *op, PyObject *arg)
+PyObject *bro_aw_iternext(PyObject *self, sendfunc send)
 {
-    PyObject *res;
-    PySendResult r = op_send(op, arg, &res);
-    if (r == PYGEN_NEXT)
-        return res;
-    if (r == PYGEN_RETURN) {
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
-        Py_DECREF(res);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
-        }
-    }
-    return NULL;
+    PyObject *res = NULL;
+    return finish_send(send(self, Py_None, &res), res, 1);
 }
 
-static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
+PyObject *bro_aw_send(PyObject *self, PyObject *arg, sendfunc send)
+{
+    PyObject *res = NULL;
+    return finish_send(send(self, arg, &res), res, 0);
+}
+
+PyObject *bro_aw_throw(PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
         return NULL;
     }
-    op->state = OP_DONE;
     PyObject *typ = args[0];
     PyObject *val = nargs > 1 ? args[1] : Py_None;
     PyObject *tb = nargs > 2 ? args[2] : Py_None;
@@ -357,6 +351,22 @@ static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Restore(t, v, Py_NewRef(tb));
     }
     return NULL;
+}
+
+static PyObject *op_iternext(bro_op *op)
+{
+    return bro_aw_iternext((PyObject *)op, (sendfunc)op_send);
+}
+
+static PyObject *op_send_method(bro_op *op, PyObject *arg)
+{
+    return bro_aw_send((PyObject *)op, arg, (sendfunc)op_send);
+}
+
+static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    op->state = OP_DONE;
+    return bro_aw_throw(args, nargs);
 }
 
 static PyObject *op_close(bro_op *op, PyObject *Py_UNUSED(ignored))

@@ -30,6 +30,8 @@ typedef struct {
     PyTypeObject *scope_type;
     PyTypeObject *nursery_type;
     PyTypeObject *lot_type;
+    PyTypeObject *socket_type;
+    PyTypeObject *sockop_type;
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -69,6 +71,7 @@ int bro_op_init_types(PyObject *module, bro_state *st);
 int bro_scope_init_types(PyObject *module, bro_state *st);
 int bro_nursery_init_types(PyObject *module, bro_state *st);
 int bro_lot_init_types(PyObject *module, bro_state *st);
+int bro_sock_init_types(PyObject *module, bro_state *st);
 
 /* Parses a number of seconds (int or float, not NaN) with errors naming fname/argname. */
 int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);
@@ -89,6 +92,12 @@ PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
 PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);
 PyObject *bro_mod_notify_closing(PyObject *module, PyObject *arg);
 PyObject *bro_mod_current_effective_deadline(PyObject *module, PyObject *ignored);
+
+/* The iterator protocol of engine awaitables, around their am_send (op.c). */
+PyObject *bro_aw_iternext(PyObject *self, sendfunc send);
+PyObject *bro_aw_send(PyObject *self, PyObject *arg, sendfunc send);
+/* throw(): raises the given exception (the awaitable marks itself done first). */
+PyObject *bro_aw_throw(PyObject *const *args, Py_ssize_t nargs);
 
 #define BRO_BUDGET 64
 

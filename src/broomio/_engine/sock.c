@@ -1,0 +1,793 @@
+/*
+ * sock.c -- async sockets: SocketCore and its operation awaitables.
+ *
+ * SocketCore wraps a stdlib socket object (which owns the fd; it is switched to non-blocking
+ * mode) and implements the hot operations -- recv, recv_into, send, send_all -- as raw
+ * syscalls on the fd, plus a generic "call this stdlib method until it stops raising
+ * BlockingIOError" operation for everything whose address handling the stdlib already does
+ * well (accept, connect's completion, recvfrom, sendto, recvmsg, sendmsg, ...).
+ *
+ * An operation is a SockOp awaitable; its am_send is the state machine of op.c applied to I/O:
+ *
+ *   1. check cancellation (level-triggered) and the step's fairness budget;
+ *   2. if the fd is registered and its readiness bit for this direction is clear, the last
+ *      syscall saw EAGAIN (or a short transfer) and no edge has arrived since: park at once;
+ *   3. otherwise try the syscall.  Success returns PYGEN_RETURN directly: no scheduler trip.
+ *      EAGAIN clears the readiness bit and parks the task in the fd table;
+ *   4. when epoll reports an edge, the loop sets the bit and wakes the task, which tries
+ *      again.
+ *
+ * Why a short read may clear the bit: with EPOLLET the kernel reports an edge every time new
+ * data is queued on the socket, whether or not the buffer was empty, so "we drained what was
+ * there" is as good as EAGAIN and saves the EAGAIN syscall that would otherwise follow every
+ * message.  The same holds for a short write and the send buffer.
+ *
+ * Registration: an fd is added to epoll (edge-triggered, both directions) the first time an
+ * operation has to wait, in the running loop; the socket remembers that loop, and close()
+ * goes through it (bro_fd_forget): waiters get ClosedResourceError, the epoll registration
+ * and the fd slot are cleared before the fd number can be reused.
+ *
+ * Ownership: a SockOp holds strong references to its socket and its argument (data or
+ * buffer object); a Py_buffer it acquired is released as soon as the operation completes or
+ * the op is cleared.  Each loop caches a few idle SockOps, as op.c does, so steady-state
+ * socket I/O allocates only the bytes objects it returns.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+
+#include "loop.h"
+#include "poll.h"
+#include "structmember.h"
+#include "task.h"
+
+#define BRO_SCRATCH_SIZE 65536
+
+typedef struct {
+    PyObject_HEAD int fd;
+    int family;
+    int type;
+    PyObject *sock; /* the stdlib socket object that owns the fd */
+    bro_loop *loop; /* the loop whose epoll has the fd registered, or NULL */
+    PyObject *weakreflist;
+} bro_socket;
+
+enum { SOP_RECV, SOP_RECV_INTO, SOP_SEND, SOP_SEND_ALL, SOP_CALL, SOP_WAIT };
+enum { SOP_FRESH, SOP_PARKED, SOP_DONE };
+
+typedef struct {
+    PyObject_HEAD uint8_t kind;
+    uint8_t state;
+    uint8_t dir;
+    uint8_t has_view;
+    int flags;
+    Py_ssize_t size;   /* recv: bufsize; recv_into: nbytes */
+    Py_ssize_t offset; /* send_all: bytes sent so far */
+    bro_socket *sock;  /* strong */
+    PyObject *arg;     /* strong: the data/buffer object, or (fn, args) for SOP_CALL */
+    Py_buffer view;
+} bro_sockop;
+
+static const char *sop_names[] = {"recv",     "recv_into",   "send",
+                                  "send_all", "socket call", "socket wait"};
+
+/* ---- the awaitable ------------------------------------------------------------------- */
+
+static void sockop_release(bro_sockop *op)
+{
+    if (op->has_view) {
+        PyBuffer_Release(&op->view);
+        op->has_view = 0;
+    }
+}
+
+static int sockop_clear(bro_sockop *op)
+{
+    sockop_release(op);
+    Py_CLEAR(op->sock);
+    Py_CLEAR(op->arg);
+    return 0;
+}
+
+static int sockop_traverse(bro_sockop *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(op->sock);
+    Py_VISIT(op->arg);
+    return 0;
+}
+
+static void sockop_dealloc(bro_sockop *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    sockop_clear(op);
+    tp->tp_free((PyObject *)op);
+    Py_DECREF(tp);
+}
+
+static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
+{
+    bro_loop *loop = bro_running_loop;
+    bro_sockop *op = NULL;
+    if (loop != NULL) {
+        for (int i = 0; i < 4 && op == NULL; i++) {
+            PyObject *cached = loop->sockop_cache[i];
+            if (cached != NULL && Py_REFCNT(cached) == 1) {
+                op = (bro_sockop *)Py_NewRef(cached);
+                sockop_clear(op);
+            }
+        }
+    }
+    if (op == NULL) {
+        PyObject *module = PyType_GetModuleByDef(Py_TYPE(s), &bro_module_def);
+        if (module == NULL)
+            return NULL;
+        bro_state *st = PyModule_GetState(module);
+        op = PyObject_GC_New(bro_sockop, st->sockop_type);
+        if (op == NULL)
+            return NULL;
+        op->sock = NULL;
+        op->arg = NULL;
+        op->has_view = 0;
+        PyObject_GC_Track(op);
+        if (loop != NULL) {
+            for (int i = 0; i < 4; i++) {
+                if (loop->sockop_cache[i] == NULL) {
+                    loop->sockop_cache[i] = Py_NewRef(op);
+                    break;
+                }
+            }
+        }
+    }
+    op->kind = (uint8_t)kind;
+    op->state = SOP_FRESH;
+    op->dir = (uint8_t)dir;
+    op->flags = 0;
+    op->size = 0;
+    op->offset = 0;
+    op->sock = (bro_socket *)Py_NewRef(s);
+    return op;
+}
+
+enum { TRY_DONE, TRY_AGAIN, TRY_ERROR };
+
+static int is_again(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+/* One attempt at the operation.  TRY_DONE sets *res; `drained` reports a short transfer. */
+static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drained)
+{
+    int fd = op->sock->fd;
+    *drained = 0;
+    for (;;) {
+        switch (op->kind) {
+        case SOP_RECV: {
+            Py_ssize_t want = op->size;
+            if (want <= BRO_SCRATCH_SIZE) {
+                if (loop->scratch == NULL &&
+                    (loop->scratch = PyMem_Malloc(BRO_SCRATCH_SIZE)) == NULL) {
+                    PyErr_NoMemory();
+                    return TRY_ERROR;
+                }
+                ssize_t n = recv(fd, loop->scratch, (size_t)want, op->flags);
+                if (n < 0)
+                    break;
+                *drained = n < want;
+                *res = PyBytes_FromStringAndSize(loop->scratch, n);
+                return *res ? TRY_DONE : TRY_ERROR;
+            }
+            PyObject *bytes = PyBytes_FromStringAndSize(NULL, want);
+            if (bytes == NULL)
+                return TRY_ERROR;
+            ssize_t n = recv(fd, PyBytes_AS_STRING(bytes), (size_t)want, op->flags);
+            if (n < 0) {
+                int err = errno;
+                Py_DECREF(bytes);
+                errno = err;
+                break;
+            }
+            *drained = n < want;
+            if (n != want && _PyBytes_Resize(&bytes, n) < 0)
+                return TRY_ERROR;
+            *res = bytes;
+            return TRY_DONE;
+        }
+        case SOP_RECV_INTO: {
+            ssize_t n = recv(fd, op->view.buf, (size_t)op->size, op->flags);
+            if (n < 0)
+                break;
+            *drained = n < op->size;
+            *res = PyLong_FromSsize_t(n);
+            return *res ? TRY_DONE : TRY_ERROR;
+        }
+        case SOP_SEND: {
+            ssize_t n = send(fd, op->view.buf, (size_t)op->view.len, op->flags | MSG_NOSIGNAL);
+            if (n < 0)
+                break;
+            *drained = n < op->view.len;
+            *res = PyLong_FromSsize_t(n);
+            return *res ? TRY_DONE : TRY_ERROR;
+        }
+        case SOP_SEND_ALL: {
+            while (op->offset < op->view.len) {
+                ssize_t n = send(fd, (char *)op->view.buf + op->offset,
+                                 (size_t)(op->view.len - op->offset), op->flags | MSG_NOSIGNAL);
+                if (n < 0)
+                    goto failed;
+                op->offset += n;
+                if (op->offset < op->view.len)
+                    *drained = 1; /* the send buffer is full: the next send would be EAGAIN */
+            }
+            *res = Py_NewRef(Py_None);
+            return TRY_DONE;
+        }
+        case SOP_CALL: {
+            PyObject *fn = PyTuple_GET_ITEM(op->arg, 0);
+            PyObject *args = PyTuple_GET_ITEM(op->arg, 1);
+            PyObject *r = PyObject_Call(fn, args, NULL);
+            if (r != NULL) {
+                *res = r;
+                return TRY_DONE;
+            }
+            if (PyErr_ExceptionMatches(PyExc_BlockingIOError)) {
+                PyErr_Clear();
+                return TRY_AGAIN;
+            }
+            if (PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+                PyErr_Clear();
+                continue;
+            }
+            return TRY_ERROR;
+        }
+        case SOP_WAIT:
+            /* Waits for an edge only: reached after a wake-up. */
+            *res = Py_NewRef(Py_None);
+            return TRY_DONE;
+        }
+    failed:
+        if (errno == EINTR)
+            continue;
+        if (is_again(errno))
+            return TRY_AGAIN;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return TRY_ERROR;
+    }
+}
+
+static PySendResult sockop_fail(bro_sockop *op)
+{
+    op->state = SOP_DONE;
+    sockop_release(op);
+    return PYGEN_ERROR;
+}
+
+static PySendResult sockop_park(bro_sockop *op, bro_task *t, bro_fd_slot *slot, PyObject **res)
+{
+    bro_loop *loop = t->loop;
+    bro_socket *s = op->sock;
+    bro_task **waiter = op->dir == BRO_READABLE ? &slot->reader : &slot->writer;
+    if (*waiter != NULL && *waiter != t) {
+        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this socket",
+                     op->dir == BRO_READABLE ? "receiving on" : "sending on");
+        return sockop_fail(op);
+    }
+    if (!slot->registered) {
+        if (s->loop != NULL && s->loop != loop) {
+            /* Used by another loop before: its registration must not linger. */
+            if (bro_fd_forget(s->loop, s->fd) < 0)
+                return sockop_fail(op);
+        }
+        if (bro_poller_arm(loop->poller, s->fd, 0) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return sockop_fail(op);
+        }
+        slot->registered = 1;
+        slot->ready = 0;
+        Py_XSETREF(s->loop, (bro_loop *)Py_NewRef(loop));
+    }
+    *waiter = t;
+    t->fd = s->fd;
+    t->wait_dir = op->dir;
+    bro_task_park(t, BRO_WAIT_FD, 1);
+    op->state = SOP_PARKED;
+    *res = Py_NewRef(loop->st->parked);
+    return PYGEN_NEXT;
+}
+
+static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObject **res)
+{
+    *res = NULL;
+    bro_loop *loop = bro_running_loop;
+    bro_task *t = loop ? loop->current : NULL;
+    if (op->state == SOP_DONE) {
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse an already awaited broomio %s",
+                     sop_names[op->kind]);
+        return PYGEN_ERROR;
+    }
+    if (t == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "broomio's %s must be awaited inside a task run by a broomio loop",
+                     sop_names[op->kind]);
+        return sockop_fail(op);
+    }
+    bro_socket *s = op->sock;
+    if (op->state == SOP_PARKED) {
+        if (t->wake_failed) {
+            PyObject *exc = t->wake;
+            t->wake = NULL;
+            t->wake_failed = 0;
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+            return sockop_fail(op);
+        }
+        Py_CLEAR(t->wake);
+        op->state = SOP_FRESH;
+    } else {
+        if (t->cancel_pending) {
+            bro_raise_cancelled(loop->st);
+            return sockop_fail(op);
+        }
+        if (--loop->budget < 0) {
+            /* Out of budget: yield once before doing anything, so nothing is consumed. */
+            if (bro_ready_push(loop, (PyObject *)t) < 0)
+                return sockop_fail(op);
+            t->state = BRO_TASK_READY;
+            t->wait = BRO_WAIT_READY;
+            op->state = SOP_PARKED;
+            *res = Py_NewRef(loop->st->parked);
+            return PYGEN_NEXT;
+        }
+    }
+    if (s->fd < 0) {
+        PyErr_SetString(loop->st->ClosedResourceError, "the socket was closed");
+        return sockop_fail(op);
+    }
+    bro_fd_slot *slot = bro_fd_slot_get(&loop->fds, s->fd);
+    if (slot == NULL)
+        return sockop_fail(op);
+    if (op->kind == SOP_WAIT && op->state == SOP_FRESH && op->offset == 0) {
+        op->offset = 1; /* the next resumption is the edge we wait for */
+        return sockop_park(op, t, slot, res);
+    }
+    if (slot->registered && s->loop == loop && !(slot->ready & op->dir))
+        return sockop_park(op, t, slot, res);
+    int drained;
+    switch (sockop_try(op, loop, res, &drained)) {
+    case TRY_DONE:
+        if (drained)
+            slot->ready &= (uint8_t)~op->dir;
+        op->state = SOP_DONE;
+        sockop_release(op);
+        return PYGEN_RETURN;
+    case TRY_AGAIN:
+        slot->ready &= (uint8_t)~op->dir;
+        return sockop_park(op, t, slot, res);
+    default:
+        return sockop_fail(op);
+    }
+}
+
+static PyObject *sockop_iternext(bro_sockop *op)
+{
+    return bro_aw_iternext((PyObject *)op, (sendfunc)sockop_send);
+}
+
+static PyObject *sockop_send_method(bro_sockop *op, PyObject *arg)
+{
+    return bro_aw_send((PyObject *)op, arg, (sendfunc)sockop_send);
+}
+
+static PyObject *sockop_throw(bro_sockop *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    op->state = SOP_DONE;
+    sockop_release(op);
+    return bro_aw_throw(args, nargs);
+}
+
+static PyObject *sockop_close(bro_sockop *op, PyObject *Py_UNUSED(ignored))
+{
+    op->state = SOP_DONE;
+    sockop_release(op);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sockop_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *sockop_repr(bro_sockop *op)
+{
+    return PyUnicode_FromFormat("<broomio socket %s awaitable>", sop_names[op->kind]);
+}
+
+static PyMethodDef sockop_methods[] = {
+    {"send", (PyCFunction)sockop_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))sockop_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)sockop_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot sockop_slots[] = {
+    {Py_tp_doc, "An async socket operation."},
+    {Py_am_await, sockop_await},
+    {Py_am_send, sockop_send},
+    {Py_tp_iter, sockop_await},
+    {Py_tp_iternext, sockop_iternext},
+    {Py_tp_methods, sockop_methods},
+    {Py_tp_dealloc, sockop_dealloc},
+    {Py_tp_traverse, sockop_traverse},
+    {Py_tp_clear, sockop_clear},
+    {Py_tp_repr, sockop_repr},
+    {0, NULL},
+};
+
+static PyType_Spec sockop_spec = {
+    .name = "broomio._engine.SocketOperation",
+    .basicsize = sizeof(bro_sockop),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sockop_slots,
+};
+
+/* ---- SocketCore ---------------------------------------------------------------------- */
+
+static int as_int(PyObject *obj, int *out)
+{
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in a C int");
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int sock_check_open(bro_socket *s)
+{
+    if (s->fd >= 0)
+        return 0;
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(s), &bro_module_def);
+    if (module == NULL)
+        return -1;
+    bro_state *st = PyModule_GetState(module);
+    PyErr_SetString(st->ClosedResourceError, "the socket is closed");
+    return -1;
+}
+
+static int parse_flags(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, int *flags)
+{
+    *flags = 0;
+    if (nargs <= i)
+        return 0;
+    return as_int(args[i], flags);
+}
+
+static PyObject *sock_recv(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "recv(bufsize, flags=0)");
+        return NULL;
+    }
+    if (sock_check_open(s) < 0)
+        return NULL;
+    if (!PyLong_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "recv() argument 'bufsize' must be int, not %.200s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[0]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        return NULL;
+    }
+    int flags;
+    if (parse_flags(args, nargs, 1, &flags) < 0)
+        return NULL;
+    bro_sockop *op = sockop_alloc(s, SOP_RECV, BRO_READABLE);
+    if (op == NULL)
+        return NULL;
+    op->size = size;
+    op->flags = flags;
+    return (PyObject *)op;
+}
+
+static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "nbytes", "flags", NULL};
+    PyObject *buffer;
+    Py_ssize_t nbytes = 0;
+    int flags = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|ni:recv_into", kwlist, &buffer, &nbytes,
+                                     &flags))
+        return NULL;
+    if (sock_check_open(s) < 0)
+        return NULL;
+    if (nbytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
+        return NULL;
+    }
+    bro_sockop *op = sockop_alloc(s, SOP_RECV_INTO, BRO_READABLE);
+    if (op == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(buffer, &op->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(op);
+        return NULL;
+    }
+    op->has_view = 1;
+    if (nbytes == 0)
+        nbytes = op->view.len;
+    if (nbytes > op->view.len) {
+        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
+        Py_DECREF(op);
+        return NULL;
+    }
+    op->size = nbytes;
+    op->flags = flags;
+    op->arg = Py_NewRef(buffer);
+    return (PyObject *)op;
+}
+
+static PyObject *sock_send_common(bro_socket *s, PyObject *const *args, Py_ssize_t nargs, int kind,
+                                  const char *name)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s(data, flags=0)", name);
+        return NULL;
+    }
+    if (sock_check_open(s) < 0)
+        return NULL;
+    int flags;
+    if (parse_flags(args, nargs, 1, &flags) < 0)
+        return NULL;
+    bro_sockop *op = sockop_alloc(s, kind, BRO_WRITABLE);
+    if (op == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &op->view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(op);
+        return NULL;
+    }
+    op->has_view = 1;
+    op->flags = flags;
+    op->arg = Py_NewRef(args[0]);
+    return (PyObject *)op;
+}
+
+static PyObject *sock_send(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    return sock_send_common(s, args, nargs, SOP_SEND, "send");
+}
+
+static PyObject *sock_send_all(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    return sock_send_common(s, args, nargs, SOP_SEND_ALL, "send_all");
+}
+
+/* _io(direction, fn, *args): awaitable calling fn(*args) until it does not raise
+ * BlockingIOError, waiting for the socket to become readable (0) or writable (1) between
+ * attempts. */
+static PyObject *sock_io(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || !PyLong_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_io(direction, fn, *args)");
+        return NULL;
+    }
+    if (sock_check_open(s) < 0)
+        return NULL;
+    long dir = PyLong_AsLong(args[0]);
+    PyObject *rest = PyTuple_New(nargs - 2);
+    if (rest == NULL)
+        return NULL;
+    for (Py_ssize_t i = 2; i < nargs; i++)
+        PyTuple_SET_ITEM(rest, i - 2, Py_NewRef(args[i]));
+    PyObject *call = PyTuple_Pack(2, args[1], rest);
+    Py_DECREF(rest);
+    if (call == NULL)
+        return NULL;
+    bro_sockop *op = sockop_alloc(s, SOP_CALL, dir ? BRO_WRITABLE : BRO_READABLE);
+    if (op == NULL) {
+        Py_DECREF(call);
+        return NULL;
+    }
+    op->arg = call;
+    return (PyObject *)op;
+}
+
+/* _wait(direction): awaitable that waits for the next readiness edge (used by connect). */
+static PyObject *sock_wait(bro_socket *s, PyObject *arg)
+{
+    long dir = PyLong_AsLong(arg);
+    if (dir == -1 && PyErr_Occurred())
+        return NULL;
+    if (sock_check_open(s) < 0)
+        return NULL;
+    return (PyObject *)sockop_alloc(s, SOP_WAIT, dir ? BRO_WRITABLE : BRO_READABLE);
+}
+
+static int sock_forget(bro_socket *s)
+{
+    int r = 0;
+    if (s->loop != NULL && s->fd >= 0)
+        r = bro_fd_forget(s->loop, s->fd);
+    Py_CLEAR(s->loop);
+    return r;
+}
+
+static PyObject *sock_close(bro_socket *s, PyObject *Py_UNUSED(ignored))
+{
+    if (s->fd < 0)
+        Py_RETURN_NONE;
+    int r = sock_forget(s);
+    s->fd = -1;
+    PyObject *res = s->sock ? PyObject_CallMethod(s->sock, "close", NULL) : Py_NewRef(Py_None);
+    if (res == NULL || r < 0) {
+        Py_XDECREF(res);
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sock_detach(bro_socket *s, PyObject *Py_UNUSED(ignored))
+{
+    if (sock_forget(s) < 0)
+        return NULL;
+    s->fd = -1;
+    return PyObject_CallMethod(s->sock, "detach", NULL);
+}
+
+static PyObject *sock_fileno(bro_socket *s, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(s->fd);
+}
+
+static int sock_init(bro_socket *s, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"sock", NULL};
+    PyObject *sock;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:SocketCore", kwlist, &sock))
+        return -1;
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        return -1;
+    PyObject *r = PyObject_CallMethod(sock, "setblocking", "O", Py_False);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    PyObject *family = PyObject_GetAttrString(sock, "family");
+    PyObject *type = family ? PyObject_GetAttrString(sock, "type") : NULL;
+    if (type == NULL) {
+        Py_XDECREF(family);
+        return -1;
+    }
+    int ok = as_int(family, &s->family) == 0 && as_int(type, &s->type) == 0;
+    Py_DECREF(family);
+    Py_DECREF(type);
+    if (!ok)
+        return -1;
+    if (sock_forget(s) < 0)
+        return -1;
+    Py_XSETREF(s->sock, Py_NewRef(sock));
+    s->fd = fd;
+    return 0;
+}
+
+static PyObject *sock_new(PyTypeObject *type, PyObject *Py_UNUSED(a), PyObject *Py_UNUSED(k))
+{
+    bro_socket *s = (bro_socket *)type->tp_alloc(type, 0);
+    if (s != NULL)
+        s->fd = -1;
+    return (PyObject *)s;
+}
+
+static int sock_traverse(bro_socket *s, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->sock);
+    Py_VISIT(s->loop);
+    return 0;
+}
+
+static int sock_clear(bro_socket *s)
+{
+    if (sock_forget(s) < 0)
+        PyErr_WriteUnraisable((PyObject *)s);
+    Py_CLEAR(s->sock);
+    return 0;
+}
+
+static void sock_dealloc(bro_socket *s)
+{
+    PyTypeObject *tp = Py_TYPE(s);
+    PyObject_GC_UnTrack(s);
+    if (s->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)s);
+    sock_clear(s);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyObject *sock_get_sock(bro_socket *s, void *Py_UNUSED(c))
+{
+    return Py_NewRef(s->sock ? s->sock : Py_None);
+}
+
+static PyObject *sock_get_family(bro_socket *s, void *Py_UNUSED(c))
+{
+    return s->sock ? PyObject_GetAttrString(s->sock, "family") : PyLong_FromLong(s->family);
+}
+
+static PyObject *sock_get_type(bro_socket *s, void *Py_UNUSED(c))
+{
+    return s->sock ? PyObject_GetAttrString(s->sock, "type") : PyLong_FromLong(s->type);
+}
+
+static PyMethodDef sock_methods[] = {
+    {"recv", (PyCFunction)(void (*)(void))sock_recv, METH_FASTCALL,
+     "recv(bufsize, flags=0)\n--\n\nAwaitable: receive up to bufsize bytes (b'' at EOF)."},
+    {"receive", (PyCFunction)(void (*)(void))sock_recv, METH_FASTCALL,
+     "receive(bufsize, flags=0)\n--\n\nAlias of recv()."},
+    {"recv_into", (PyCFunction)(void (*)(void))sock_recv_into, METH_VARARGS | METH_KEYWORDS,
+     "recv_into(buffer, nbytes=0, flags=0)\n--\n\nAwaitable: receive into buffer; returns "
+     "the number of bytes received."},
+    {"send", (PyCFunction)(void (*)(void))sock_send, METH_FASTCALL,
+     "send(data, flags=0)\n--\n\nAwaitable: send some of data; returns how much was sent."},
+    {"send_all", (PyCFunction)(void (*)(void))sock_send_all, METH_FASTCALL,
+     "send_all(data, flags=0)\n--\n\nAwaitable: send every byte of data."},
+    {"sendall", (PyCFunction)(void (*)(void))sock_send_all, METH_FASTCALL,
+     "sendall(data, flags=0)\n--\n\nAlias of send_all()."},
+    {"_io", (PyCFunction)(void (*)(void))sock_io, METH_FASTCALL, NULL},
+    {"_wait", (PyCFunction)sock_wait, METH_O, NULL},
+    {"close", (PyCFunction)sock_close, METH_NOARGS,
+     "Close the socket; tasks waiting on it get ClosedResourceError."},
+    {"detach", (PyCFunction)sock_detach, METH_NOARGS,
+     "Forget the fd without closing it; returns it."},
+    {"fileno", (PyCFunction)sock_fileno, METH_NOARGS, "The fd (-1 once closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sock_getset[] = {
+    {"_sock", (getter)sock_get_sock, NULL, "The wrapped stdlib socket.", NULL},
+    {"family", (getter)sock_get_family, NULL, "The address family.", NULL},
+    {"type", (getter)sock_get_type, NULL, "The socket type.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sock_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(bro_socket, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot sock_slots[] = {
+    {Py_tp_doc, "The C core of broomio.socket.socket: async operations on a stdlib socket."},
+    {Py_tp_new, sock_new},
+    {Py_tp_init, sock_init},
+    {Py_tp_dealloc, sock_dealloc},
+    {Py_tp_traverse, sock_traverse},
+    {Py_tp_clear, sock_clear},
+    {Py_tp_methods, sock_methods},
+    {Py_tp_getset, sock_getset},
+    {Py_tp_members, sock_members},
+    {0, NULL},
+};
+
+static PyType_Spec sock_spec = {
+    .name = "broomio._engine.SocketCore",
+    .basicsize = sizeof(bro_socket),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = sock_slots,
+};
+
+int bro_sock_init_types(PyObject *module, bro_state *st)
+{
+    if (bro_module_add_type(module, &sockop_spec, NULL, &st->sockop_type) < 0)
+        return -1;
+    return bro_module_add_type(module, &sock_spec, NULL, &st->socket_type);
+}
