@@ -30,6 +30,10 @@ if sanitize:
              "-fno-sanitize-recover=undefined"]
     compile_args += flags
     link_args += flags
+    # CPython's own CFLAGS (prepended to every extension compile) contain
+    # -fwrapv, which makes signed overflow defined and so silently disables
+    # UBSan's signed-integer-overflow and shift checks.  Undo it here.
+    compile_args += ["-fno-wrapv"]
 
 engine = Extension(
     "broomio._engine",
