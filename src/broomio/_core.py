@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
+from ._threads import shutdown_executor
 from ._engine import (
     Cancelled,
     CancelScope,
@@ -77,11 +80,44 @@ class Loop(_engine.LoopCore):
             return
         raise RuntimeError("another broomio loop is already running in this thread")
 
+    def _run_with_hooks(self) -> None:
+        # An async generator abandoned mid-iteration is finalized by the garbage collector.
+        # Without a hook CPython would close it synchronously inside whatever task happens
+        # to be running, and an 'await' in its finally block would run in that task's name.
+        # Like asyncio and trio, run each finalization as a task of its own instead.
+        old = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(firstiter=old.firstiter, finalizer=self._finalize_asyncgen)
+        try:
+            self._run()
+        finally:
+            sys.set_asyncgen_hooks(*old)
+
+    def _finalize_asyncgen(self, agen: Any) -> None:
+        async def aclose() -> None:
+            try:
+                await agen.aclose()
+            except BaseException as exc:  # reported, never lost, never crashes run()
+                sys.unraisablehook(
+                    sys.UnraisableHookArgs(  # type: ignore[call-arg]
+                        (type(exc), exc, exc.__traceback__,
+                         f"Exception while finalizing async generator {agen!r}", agen)
+                    )
+                )
+
+        try:
+            if self.running and threading.current_thread() is self._thread:
+                self.start_soon(aclose, name=f"finalize {getattr(agen, '__qualname__', agen)}")
+            else:
+                self.call_soon_threadsafe(self.start_soon, aclose)
+        except RuntimeError:
+            pass  # the loop is closed: nothing can run the generator's cleanup any more
+
     def run(self) -> None:
         """Run until every task has finished; a task's error cancels the others and is
         raised in an ExceptionGroup (KeyboardInterrupt/SystemExit as themselves)."""
         self._check_can_run()
-        self._run()
+        self._thread = threading.current_thread()
+        self._run_with_hooks()
         errors = self._take_root_errors()
         if errors:
             raise _group(errors, "unhandled errors in broomio tasks")
@@ -90,8 +126,9 @@ class Loop(_engine.LoopCore):
         """Run fn_or_coro (and everything it starts) to completion; return its result."""
         self._check_can_run()
         main = self.start_soon(fn_or_coro, *args)
+        self._thread = threading.current_thread()
         try:
-            self._run()
+            self._run_with_hooks()
         except BaseException:
             self._take_root_errors()
             raise
@@ -101,6 +138,12 @@ class Loop(_engine.LoopCore):
                 raise errors[0]
             raise _group(errors, "unhandled errors in broomio tasks")
         return main.result()
+
+    def close(self) -> None:
+        """Release the loop's resources: unfinished tasks are closed (their finally blocks
+        run), worker threads are told to stop.  Idempotent."""
+        super().close()
+        shutdown_executor(self)
 
     def wrap_socket(self, sock: Any) -> Any:
         """The async socket for a stdlib socket (not available yet)."""

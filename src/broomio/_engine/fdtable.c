@@ -4,6 +4,8 @@
  * The table is never sized to RLIMIT_NOFILE up front: it doubles to cover the largest fd
  * seen so far, so a process with ten sockets pays for ten-ish slots.
  */
+#include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 
 #include "loop.h"
@@ -17,9 +19,15 @@ bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
         return NULL;
     }
     if (fd >= t->cap) {
-        int cap = t->cap ? t->cap : 64;
+        if (fcntl(fd, F_GETFD) < 0) { /* never size the table for an fd that is not open */
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        long long cap = t->cap ? t->cap : 64;
         while (cap <= fd)
             cap *= 2;
+        if (cap > INT_MAX)
+            cap = (long long)fd + 1;
         bro_fd_slot *slots = PyMem_Realloc(t->slots, (size_t)cap * sizeof(bro_fd_slot));
         if (slots == NULL) {
             PyErr_NoMemory();
@@ -27,7 +35,7 @@ bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
         }
         memset(slots + t->cap, 0, (size_t)(cap - t->cap) * sizeof(bro_fd_slot));
         t->slots = slots;
-        t->cap = cap;
+        t->cap = (int)cap;
     }
     return &t->slots[fd];
 }

@@ -60,13 +60,21 @@ static int ring_grow(bro_loop *loop)
 
 int bro_ready_push(bro_loop *loop, PyObject *obj)
 {
+    bro_task *t = (bro_task *)obj;
+    if (t->in_ring)
+        return 0; /* already queued: that entry will step it */
     if (loop->ring_len == loop->ring_cap && ring_grow(loop) < 0)
         return -1;
+    t->in_ring = 1;
     Py_ssize_t tail = loop->ring_head + loop->ring_len;
     if (tail >= loop->ring_cap)
         tail -= loop->ring_cap;
     loop->ring[tail] = Py_NewRef(obj);
     loop->ring_len++;
+    /* Pushed from another thread (task.cancel(), lot.unpark() ...) while the loop may be
+     * sleeping in epoll_wait: wake it.  The GIL serializes the ring itself. */
+    if (loop->running && bro_running_loop != loop && loop->poller != NULL)
+        bro_poller_wake(loop->poller);
     return 0;
 }
 
@@ -77,6 +85,7 @@ static PyObject *ready_pop(bro_loop *loop)
     if (loop->ring_head == loop->ring_cap)
         loop->ring_head = 0;
     loop->ring_len--;
+    ((bro_task *)obj)->in_ring = 0;
     return obj;
 }
 

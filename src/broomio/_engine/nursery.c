@@ -215,12 +215,18 @@ static PyObject *nursery_get_scope(bro_nursery *n, void *Py_UNUSED(c))
 
 static PyObject *nursery_get_children(bro_nursery *n, void *Py_UNUSED(c))
 {
-    PyObject *tuple = PyTuple_New(n->nchildren);
-    if (tuple == NULL)
+    /* A list first: allocating can run finalizers that change the child list. */
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
         return NULL;
-    Py_ssize_t i = 0;
-    for (bro_task *t = n->first_child; t != NULL && i < n->nchildren; t = t->sib_next)
-        PyTuple_SET_ITEM(tuple, i++, Py_NewRef(t));
+    for (bro_task *t = n->first_child; t != NULL; t = t->sib_next) {
+        if (PyList_Append(list, (PyObject *)t) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    PyObject *tuple = PyList_AsTuple(list);
+    Py_DECREF(list);
     return tuple;
 }
 

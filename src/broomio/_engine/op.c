@@ -168,6 +168,7 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
 {
     bro_loop *loop = t->loop;
     bro_state *st = loop->st;
+    bro_task_void_stale_wait(t);
     if (op->kind != OP_CHILDREN && t->cancel_pending) {
         op->state = OP_DONE;
         bro_raise_cancelled(st);
@@ -259,7 +260,7 @@ static PySendResult op_resume(bro_op *op, bro_task *t, PyObject **res)
     return PYGEN_RETURN;
 }
 
-static PySendResult op_send(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res)
+static PySendResult op_step(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res)
 {
     *res = NULL;
     bro_loop *loop = bro_running_loop;
@@ -288,6 +289,18 @@ static PySendResult op_send(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res
     }
 }
 
+static PySendResult op_send(bro_op *op, PyObject *arg, PyObject **res)
+{
+    PySendResult r = op_step(op, arg, res);
+    /* A finished op must not keep its target (a joined task and its traceback, a nursery)
+     * alive while it sits idle in the loop's cache. */
+    if (op->state == OP_DONE) {
+        Py_CLEAR(op->target);
+        op->lot = NULL;
+    }
+    return r;
+}
+
 /* ---- the iterator protocol, shared with sock.c --------------------------------------- */
 
 static PyObject *finish_send(PySendResult r, PyObject *res, int none_is_exhausted)
@@ -312,13 +325,15 @@ static PyObject *finish_send(PySendResult r, PyObject *res, int none_is_exhauste
 PyObject *bro_aw_iternext(PyObject *self, sendfunc send)
 {
     PyObject *res = NULL;
-    return finish_send(send(self, Py_None, &res), res, 1);
+    PySendResult r = send(self, Py_None, &res);
+    return finish_send(r, res, 1);
 }
 
 PyObject *bro_aw_send(PyObject *self, PyObject *arg, sendfunc send)
 {
     PyObject *res = NULL;
-    return finish_send(send(self, arg, &res), res, 0);
+    PySendResult r = send(self, arg, &res);
+    return finish_send(r, res, 0);
 }
 
 PyObject *bro_aw_throw(PyObject *const *args, Py_ssize_t nargs)

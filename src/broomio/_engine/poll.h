@@ -19,6 +19,7 @@
 
 #define BRO_READABLE 1u
 #define BRO_WRITABLE 2u
+#define BRO_HUP 4u /* EOF/hang-up/error seen: sticky until the fd is forgotten */
 
 typedef struct bro_poller bro_poller;
 

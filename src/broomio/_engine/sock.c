@@ -73,12 +73,15 @@ static const char *sop_names[] = {"recv",     "recv_into",   "send",
 
 /* ---- the awaitable ------------------------------------------------------------------- */
 
+/* Drops the data/buffer as soon as the operation is over, so that an idle cached op never
+ * keeps a large buffer alive. */
 static void sockop_release(bro_sockop *op)
 {
     if (op->has_view) {
         PyBuffer_Release(&op->view);
         op->has_view = 0;
     }
+    Py_CLEAR(op->arg);
 }
 
 static int sockop_clear(bro_sockop *op)
@@ -175,7 +178,9 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                 ssize_t n = recv(fd, loop->scratch, (size_t)want, op->flags);
                 if (n < 0)
                     break;
-                *drained = n < want;
+                if (n > want) /* MSG_TRUNC reports the datagram's real length */
+                    n = want;
+                *drained = n > 0 && n < want;
                 *res = PyBytes_FromStringAndSize(loop->scratch, n);
                 return *res ? TRY_DONE : TRY_ERROR;
             }
@@ -189,7 +194,9 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                 errno = err;
                 break;
             }
-            *drained = n < want;
+            if (n > want)
+                n = want;
+            *drained = n > 0 && n < want;
             if (n != want && _PyBytes_Resize(&bytes, n) < 0)
                 return TRY_ERROR;
             *res = bytes;
@@ -199,7 +206,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             ssize_t n = recv(fd, op->view.buf, (size_t)op->size, op->flags);
             if (n < 0)
                 break;
-            *drained = n < op->size;
+            *drained = n > 0 && n < op->size;
             *res = PyLong_FromSsize_t(n);
             return *res ? TRY_DONE : TRY_ERROR;
         }
@@ -274,13 +281,19 @@ static PySendResult sockop_park(bro_sockop *op, bro_task *t, bro_fd_slot *slot, 
                      op->dir == BRO_READABLE ? "receiving on" : "sending on");
         return sockop_fail(op);
     }
-    if (!slot->registered) {
+    if (t->cancel_pending) {
+        bro_raise_cancelled(loop->st);
+        return sockop_fail(op);
+    }
+    bro_task_void_stale_wait(t);
+    if (!slot->registered || s->loop != loop) {
+        int was_registered = slot->registered;
         if (s->loop != NULL && s->loop != loop) {
             /* Used by another loop before: its registration must not linger. */
             if (bro_fd_forget(s->loop, s->fd) < 0)
                 return sockop_fail(op);
         }
-        if (bro_poller_arm(loop->poller, s->fd, 0) < 0) {
+        if (bro_poller_arm(loop->poller, s->fd, was_registered) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return sockop_fail(op);
         }
@@ -355,9 +368,24 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
     if (slot->registered && s->loop == loop && !(slot->ready & op->dir))
         return sockop_park(op, t, slot, res);
     int drained;
-    switch (sockop_try(op, loop, res, &drained)) {
+    int tried = sockop_try(op, loop, res, &drained);
+    if (tried != TRY_ERROR) {
+        if (s->fd < 0) {
+            Py_CLEAR(*res);
+            PyErr_SetString(loop->st->ClosedResourceError, "the socket was closed");
+            return sockop_fail(op);
+        }
+        if ((slot = bro_fd_slot_get(&loop->fds, s->fd)) == NULL) {
+            Py_CLEAR(*res);
+            return sockop_fail(op);
+        }
+    }
+    switch (tried) {
     case TRY_DONE:
-        if (drained)
+        /* A short transfer is as good as EAGAIN only on a stream socket, for a consuming
+         * read, and before EOF/hang-up (which produce no further edge). */
+        if (drained && op->sock->type == SOCK_STREAM && !(op->flags & (MSG_PEEK | MSG_OOB)) &&
+            !(slot->ready & BRO_HUP))
             slot->ready &= (uint8_t)~op->dir;
         op->state = SOP_DONE;
         sockop_release(op);
@@ -582,6 +610,8 @@ static PyObject *sock_io(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
     if (sock_check_open(s) < 0)
         return NULL;
     long dir = PyLong_AsLong(args[0]);
+    if (dir == -1 && PyErr_Occurred())
+        return NULL;
     PyObject *rest = PyTuple_New(nargs - 2);
     if (rest == NULL)
         return NULL;
@@ -640,6 +670,10 @@ static PyObject *sock_detach(bro_socket *s, PyObject *Py_UNUSED(ignored))
     if (sock_forget(s) < 0)
         return NULL;
     s->fd = -1;
+    if (s->sock == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this socket was never initialized");
+        return NULL;
+    }
     return PyObject_CallMethod(s->sock, "detach", NULL);
 }
 

@@ -243,6 +243,8 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
         bro_task_park(t, BRO_WAIT_TIMER, 1);
         if (bro_heap_push(&loop->heap, bro_monotonic() + delay, (PyObject *)t) < 0)
             goto fail;
+        if (t->cancel_pending && bro_task_deliver_cancel(t) < 0)
+            PyErr_WriteUnraisable((PyObject *)t);
     } else {
         t->state = BRO_TASK_READY;
         if (bro_ready_push(loop, (PyObject *)t) < 0)
@@ -256,7 +258,8 @@ fail:;
     PyObject *exc = bro_fetch_exception();
     t->state = BRO_TASK_RUNNING;
     t->wait = BRO_WAIT_NONE;
-    (void)PyObject_CallMethodNoArgs(t->coro, st->str_close);
+    PyObject *closed = PyObject_CallMethodNoArgs(t->coro, st->str_close);
+    Py_XDECREF(closed);
     PyErr_Clear();
     bro_task_finish(t, NULL, exc);
     Py_XDECREF(exc);
@@ -290,10 +293,25 @@ PyObject *bro_spawn_from_args(bro_loop *loop, bro_nursery *nursery, double delay
     if (bro_loop_check_usable(loop) < 0)
         return NULL;
     int user_coro;
+    /* Creating the coroutine runs Python code (and maybe the GC), which could close the
+     * loop or the nursery: hold the nursery and check again before linking into it. */
+    Py_INCREF(nursery);
     PyObject *coro = bro_make_coro(loop, args[0], args + 1, nargs - 1, &user_coro);
-    if (coro == NULL)
-        return NULL;
-    return (PyObject *)bro_task_spawn(loop, nursery, coro, name, delay, user_coro);
+    PyObject *task = NULL;
+    if (coro != NULL) {
+        if (loop->closed || nursery->closed || nursery->scope == NULL) {
+            const char *what = loop->closed ? "this loop is closed" : "this nursery is closed";
+            PyObject *r = PyObject_CallMethodNoArgs(coro, loop->st->str_close);
+            Py_XDECREF(r);
+            Py_DECREF(coro);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, what);
+        } else {
+            task = (PyObject *)bro_task_spawn(loop, nursery, coro, name, delay, user_coro);
+        }
+    }
+    Py_DECREF(nursery);
+    return task;
 }
 
 /* ---- waking, aborting, cancelling ----------------------------------------------------- */
@@ -401,9 +419,46 @@ void bro_task_update_cancel(bro_task *t, PyObject *deliver)
 
 /* ---- finishing ------------------------------------------------------------------------ */
 
+void bro_task_drop_registration(bro_task *t)
+{
+    bro_loop *loop = t->loop;
+    if (t->lot != NULL)
+        bro_lot_unlink(t);
+    if (t->fd >= 0 && loop != NULL && t->fd < loop->fds.cap) {
+        bro_fd_slot *slot = &loop->fds.slots[t->fd];
+        if (slot->reader == t)
+            slot->reader = NULL;
+        if (slot->writer == t)
+            slot->writer = NULL;
+    }
+    t->fd = -1;
+    if (t->heap_index >= 0 && loop != NULL) {
+        PyObject *ref = bro_heap_remove(&loop->heap, (PyObject *)t);
+        Py_XDECREF(ref); /* the caller holds a reference */
+    }
+}
+
+void bro_task_void_stale_wait(bro_task *t)
+{
+    if (t->state == BRO_TASK_RUNNING)
+        return;
+    if (t->state == BRO_TASK_WAITING) {
+        bro_task_drop_registration(t);
+        if (t->wait == BRO_WAIT_EXTERNAL)
+            Py_CLEAR(t->wake); /* the abort function */
+    }
+    /* A READY task may still have an entry in the ready ring; in_ring makes sure it is
+     * never queued twice, and the loop skips the entry unless the task is READY again. */
+    t->state = BRO_TASK_RUNNING;
+    t->wait = BRO_WAIT_NONE;
+}
+
 int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
 {
     bro_loop *loop = t->loop;
+    bro_task_drop_registration(t);
+    for (bro_scope *s = t->scope; s != NULL && s->owner == t; s = s->parent)
+        s->owner = NULL;
     t->state = BRO_TASK_DONE;
     t->wait = BRO_WAIT_NONE;
     t->failed = exc != NULL;
@@ -485,6 +540,8 @@ int bro_task_step(bro_task *t)
         status = PyIter_Send(t->coro, Py_None, &res);
 
     loop->current = NULL;
+    if (!(status == PYGEN_NEXT && res == st->parked))
+        bro_task_void_stale_wait(t);
     if (status == PYGEN_ERROR) {
         PyObject *exc = bro_fetch_exception();
         if (PyContext_Exit(t->context) < 0) {

@@ -74,6 +74,7 @@ struct bro_task {
     uint8_t started;
     uint8_t throw_pending; /* resume with coro.throw(wake): a foreign yield */
     uint8_t in_pending;    /* its coroutine is in loop->pending_coros */
+    uint8_t in_ring;       /* has an entry in the ready ring */
     uint8_t gc_hidden;     /* coro (1) / context (2) untracked while the task lives */
     PyObject *weakreflist;
 };
@@ -108,6 +109,12 @@ void bro_task_abandon(bro_task *t);
 void bro_task_park(bro_task *t, int wait, int abortable);
 
 int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc);
+/* Unlinks t from its lot, fd slot and the timer heap, whatever its state. */
+void bro_task_drop_registration(bro_task *t);
+/* A wait registered earlier in the current step whose `parked` sentinel never reached the
+ * loop (an awaitable driven by hand, an async generator closed by its finalizer...) is void:
+ * drop it, so that the task is registered in at most one place. */
+void bro_task_void_stale_wait(bro_task *t);
 /* Sets the error that result()/join() raise for a finished task; returns -1. */
 int bro_task_raise_outcome(bro_task *t);
 
