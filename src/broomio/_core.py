@@ -103,8 +103,11 @@ class Loop(_engine.LoopCore):
         return main.result()
 
     def wrap_socket(self, sock: Any) -> Any:
-        """The async socket for a stdlib socket (not available yet)."""
-        raise NotImplementedError("async sockets are not part of this release yet")
+        """The async socket (``broomio.socket.socket``) for a stdlib socket; the stdlib
+        socket is switched to non-blocking mode and closed with it."""
+        from .socket import wrap_socket
+
+        return wrap_socket(sock)
 
     def __enter__(self) -> Loop:
         return self
