@@ -325,6 +325,42 @@ def test_connection_refused():
     run(main)
 
 
+def test_unix_connect_waits_while_the_backlog_is_full(tmp_path):
+    """EAGAIN from a Unix connect means 'backlog full': connect must wait, not pretend."""
+    path = str(tmp_path / "full.sock")
+
+    async def main():
+        with bs.socket(bs.AF_UNIX) as listener:
+            listener.bind(path)
+            listener.listen(0)
+            fillers = []
+            for _ in range(10):
+                c = stdlib_socket.socket(stdlib_socket.AF_UNIX)
+                c.setblocking(False)
+                if c.connect_ex(path) != 0:
+                    c.close()
+                    break
+                fillers.append(c)
+            assert fillers, "could not queue a single connection"
+            client = bs.socket(bs.AF_UNIX)
+            with client:
+                async with open_nursery() as n:
+                    t = n.start_soon(client.connect, path)
+                    await sleep(0.05)
+                    assert not t.done(), "connect returned while the backlog was full"
+                    for _ in fillers:
+                        conn, _ = await listener.accept()
+                        conn.close()
+                conn, _ = await listener.accept()
+                with conn:
+                    await client.send_all(b"in")
+                    assert await conn.recv(10) == b"in"
+            for c in fillers:
+                c.close()
+
+    run(main)
+
+
 def test_connect_to_bad_family_address_is_type_error():
     async def main():
         with bs.socket() as s:
