@@ -37,6 +37,7 @@ from ._streams import (
     serve_tcp,
     serve_unix,
 )
+from ._tls import TLSStream, open_tls_stream, serve_tls
 from ._engine import (
     BrokenResourceError,
     BusyResourceError,
@@ -70,6 +71,7 @@ __all__ = [
     "Nursery",
     "SocketListener",
     "SocketStream",
+    "TLSStream",
     "Task",
     "TaskCancelled",
     "TaskStatus",
@@ -88,12 +90,14 @@ __all__ = [
     "open_nursery",
     "open_tcp_listeners",
     "open_tcp_stream",
+    "open_tls_stream",
     "open_udp_socket",
     "open_unix_listener",
     "open_unix_stream",
     "run",
     "serve_listeners",
     "serve_tcp",
+    "serve_tls",
     "serve_unix",
     "sleep",
     "sleep_forever",
