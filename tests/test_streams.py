@@ -264,6 +264,22 @@ def test_buffered_data_is_served_by_receive_some_first():
     run(main)
 
 
+def test_buffered_reads_are_cancellation_points():
+    async def main():
+        a, b = await stream_pair()
+        async with a, b:
+            await a.send_all(b"l1\nl2\n")
+            assert await b.read_line() == b"l1\n"
+            for read in (b.read_line, b.receive_some, lambda: b.read_exactly(1),
+                         lambda: b.read_until(b"\n")):
+                with move_on_after(0) as scope:
+                    await read()
+                assert scope.cancelled_caught
+            assert await b.read_line() == b"l2\n"  # nothing was lost
+
+    run(main)
+
+
 def test_send_eof_half_close():
     async def main():
         a, b = await stream_pair()

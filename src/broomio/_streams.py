@@ -311,16 +311,42 @@ class SocketStream(BufferedReceiveMixin):
             raise ClosedResourceError("this stream was closed")
 
     async def _receive_raw(self, max_bytes: int) -> bytes:
-        self._check_open()
-        with _translate_errors("receive"):
-            return await self.socket.recv(max_bytes)
+        try:
+            return await self.socket.recv(max_bytes)  # ClosedResourceError if closed
+        except OSError as exc:
+            raise BrokenResourceError(f"receive failed: {exc}") from exc
+
+    # receive_some and send_all are the per-message hot paths: conflict detection and
+    # error translation are inlined (no context-manager calls when nothing goes wrong).
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` bytes (at least one); ``b''`` once the peer has closed."""
+        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else _check_max_bytes(max_bytes, 0)
+        if self._buffer:
+            return await super().receive_some(size)
+        conflict = self._receive_conflict
+        if conflict._busy:
+            raise BusyResourceError(conflict._message)
+        conflict._busy = True
+        try:
+            return await self.socket.recv(size)  # ClosedResourceError if closed
+        except OSError as exc:
+            raise BrokenResourceError(f"receive failed: {exc}") from exc
+        finally:
+            conflict._busy = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte of ``data`` (waits for the kernel buffer as needed)."""
-        with self._send_conflict:
-            self._check_open()
-            with _translate_errors("send"):
-                await self.socket.send_all(data)
+        conflict = self._send_conflict
+        if conflict._busy:
+            raise BusyResourceError(conflict._message)
+        conflict._busy = True
+        try:
+            await self.socket.send_all(data)  # ClosedResourceError if closed
+        except OSError as exc:
+            raise BrokenResourceError(f"send failed: {exc}") from exc
+        finally:
+            conflict._busy = False
 
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""
@@ -353,8 +379,8 @@ def _incomplete(partial: bytes, expected: int | None) -> IncompleteReadError:
     else:
         message = f"the stream ended after {len(partial)} of {expected} bytes"
     exc = IncompleteReadError(message)
-    exc.partial = partial  # type: ignore[attr-defined]
-    exc.expected = expected  # type: ignore[attr-defined]
+    exc.partial = partial
+    exc.expected = expected
     return exc
 
 
