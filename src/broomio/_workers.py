@@ -6,8 +6,13 @@ N workers.  Each worker opens its *own* listening socket on that address with SO
 so the kernel spreads incoming connections over the workers' accept queues, and serves it
 with ``serve_listeners`` on a fresh loop.
 
-A worker that exits (crash, kill, an error escaping a handler) is restarted, after a delay
-that grows while workers keep dying young.  SIGTERM (the supervisor's handler) or SIGINT
+Each worker reports through a pipe once it is accepting; the supervisor starts them one by
+one and calls ``task_status.started(listeners)`` when all are accepting (``listeners`` are
+its reservation sockets: bound, not listening -- use them for ``getsockname()``).  A worker
+that dies before it ever accepted makes ``serve_tcp`` raise.  Later, a worker that exits
+(crash, kill, an error escaping a handler) is restarted, after a delay that grows while
+workers keep dying young.  Workers ask for SIGTERM when the supervisor dies
+(``PR_SET_PDEATHSIG``), so even a SIGKILLed supervisor leaves no orphans.  SIGTERM (the supervisor's handler) or SIGINT
 (the loop's Ctrl-C handling) stops everything: each worker gets SIGTERM, which cancels its
 loop (its handlers' ``finally:`` blocks run); a worker still alive after ``STOP_GRACE``
 seconds is killed.  After SIGTERM ``serve_tcp`` returns; after SIGINT the loop raises
@@ -102,9 +107,13 @@ class _Holder:
                 pass  # the loop already finished
 
 
-async def _worker_main(handler: Handler, targets: list[Any], backlog: int, holder: _Holder) -> None:
+async def _worker_main(
+    handler: Handler, targets: list[Any], backlog: int, holder: _Holder, ready_fd: int
+) -> None:
     socks = _bind(targets, targets[0][3][1], listen_backlog=backlog)
     listeners = [SocketListener(sock) for sock in socks]
+    os.write(ready_fd, b"1")  # tell the supervisor we are accepting
+    os.close(ready_fd)
     with CancelScope() as scope:
         holder.loop = current_loop()
         holder.scope = scope
@@ -113,7 +122,27 @@ async def _worker_main(handler: Handler, targets: list[Any], backlog: int, holde
         await serve_listeners(handler, listeners)
 
 
-def _child(handler: Handler, targets: list[Any], backlog: int, inherited: list[int]) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError, ImportError):
+        return
+    if os.getppid() != parent:  # it died before prctl() took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(
+    handler: Handler,
+    targets: list[Any],
+    backlog: int,
+    inherited: list[int],
+    ready_fd: int,
+    parent: int,
+) -> None:
     """Runs in the forked worker; never returns."""
     code = 1
     try:
@@ -122,7 +151,8 @@ def _child(handler: Handler, targets: list[Any], backlog: int, inherited: list[i
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, holder.request_stop)
-        for fd in inherited:  # the supervisor's reservation sockets
+        _die_with_parent(parent)  # the signal stays pending until unblocked below
+        for fd in inherited:  # the supervisor's reservation sockets and ready pipes
             try:
                 os.close(fd)
             except OSError:
@@ -131,7 +161,7 @@ def _child(handler: Handler, targets: list[Any], backlog: int, inherited: list[i
 
         def thread_main() -> None:
             try:
-                _run(_worker_main, handler, targets, backlog, holder)
+                _run(_worker_main, handler, targets, backlog, holder, ready_fd)
             except BaseException as exc:  # reported below, decides the exit code
                 failure.append(exc)
 
@@ -157,25 +187,34 @@ def _child(handler: Handler, targets: list[Any], backlog: int, inherited: list[i
             os._exit(code)
 
 
-def _fork_worker(handler: Handler, targets: list[Any], backlog: int, inherited: list[int]) -> int:
+def _fork_worker(
+    handler: Handler, targets: list[Any], backlog: int, inherited: list[int]
+) -> tuple[int, int]:
+    """Fork a worker; returns (pid, read end of its readiness pipe)."""
+    ready_r, ready_w = os.pipe()
     blocked = {signal.SIGINT, signal.SIGTERM}
+    parent = os.getpid()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(handler, targets, backlog, inherited)  # never returns
+            _child(handler, targets, backlog, [*inherited, ready_r], ready_w, parent)
+    except BaseException:
+        os.close(ready_r)
+        raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    return pid
+        os.close(ready_w)
+    return pid, ready_r
 
 
 class _Worker:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.started = time.monotonic()
-        self.pidfd = os.pidfd_open(pid)
+        self.pidfd = os.pidfd_open(pid)  # readable once the process has exited
         self.status: int | None = None
 
     def poll(self) -> bool:
@@ -220,16 +259,39 @@ def _describe(status: int) -> str:
 
 
 async def _supervise_slot(
-    slot: int, handler: Handler, targets: list[Any], backlog: int, inherited: list[int]
+    slot: int,
+    handler: Handler,
+    targets: list[Any],
+    backlog: int,
+    inherited: list[int],
+    task_status: _HasStarted,
 ) -> None:
+    """Keep one worker alive.  task_status.started() once the first worker accepts; if it
+    dies before that, raise (a server that cannot start should say so)."""
     delay = RESTART_DELAY_MIN
+    started = False
     while True:
-        worker = _Worker(_fork_worker(handler, targets, backlog, inherited))
+        pid, ready_fd = _fork_worker(handler, targets, backlog, inherited)
+        worker = _Worker(pid)
         try:
+            try:
+                await wait_readable(ready_fd)
+                ready = os.read(ready_fd, 1) == b"1"
+            finally:
+                notify_closing(ready_fd)
+                os.close(ready_fd)
+            if ready and not started:
+                started = True
+                task_status.started()
             await worker.wait()
         finally:
             await worker.stop()
         assert worker.status is not None
+        if not started:
+            raise RuntimeError(
+                f"worker {slot} (pid {worker.pid}) {_describe(worker.status)} before it "
+                "started accepting (see its error above)"
+            )
         lived = time.monotonic() - worker.started
         _log.warning(
             "worker %d (pid %d) %s after %.1f s; restarting",
@@ -282,9 +344,9 @@ async def serve_tcp_workers(
         with stop:
             async with open_nursery() as nursery:
                 for slot in range(workers):
-                    nursery.start_soon(_supervise_slot, slot, handler, targets, listen_backlog,
-                                       inherited)
-                task_status.started(listeners)
+                    await nursery.start(_supervise_slot, slot, handler, targets,
+                                        listen_backlog, inherited)
+                task_status.started(listeners)  # every worker is accepting
     finally:
         signal.signal(signal.SIGTERM, previous)
         for sock in reservations:
