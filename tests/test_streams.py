@@ -638,27 +638,33 @@ def test_open_tcp_listeners_on_one_host():
 def test_open_tcp_listeners_all_interfaces_share_one_port():
     async def main():
         listeners = await broomio.open_tcp_listeners(0)
-        try:
-            families = {l.socket.family for l in listeners}
-            assert bs.AF_INET in families
-            ports = {l.socket.getsockname()[1] for l in listeners}
-            assert len(ports) == 1
-            port = ports.pop()
-            for l in listeners:
-                if l.socket.family == bs.AF_INET6:
-                    assert l.socket.getsockopt(bs.IPPROTO_IPV6, bs.IPV6_V6ONLY) == 1
-            for l in listeners:
-                host = LOCAL if l.socket.family == bs.AF_INET else "::1"
-                client = await broomio.open_tcp_stream(host, port)
-                server = await l.accept()
-                async with client, server:
-                    await client.send_all(host.encode())
-                    assert await server.receive_some() == host.encode()
-        finally:
-            for l in listeners:
-                await l.aclose()
+        await _check_all_interfaces(listeners)
+        listeners = await broomio.open_tcp_listeners(0, host="")  # as in bind(("", port))
+        await _check_all_interfaces(listeners)
 
     run(main)
+
+
+async def _check_all_interfaces(listeners):
+    try:
+        families = {l.socket.family for l in listeners}
+        assert bs.AF_INET in families
+        ports = {l.socket.getsockname()[1] for l in listeners}
+        assert len(ports) == 1
+        port = ports.pop()
+        for l in listeners:
+            if l.socket.family == bs.AF_INET6:
+                assert l.socket.getsockopt(bs.IPPROTO_IPV6, bs.IPV6_V6ONLY) == 1
+        for l in listeners:
+            host = LOCAL if l.socket.family == bs.AF_INET else "::1"
+            client = await broomio.open_tcp_stream(host, port)
+            server = await l.accept()
+            async with client, server:
+                await client.send_all(host.encode())
+                assert await server.receive_some() == host.encode()
+    finally:
+        for l in listeners:
+            await l.aclose()
 
 
 def test_open_tcp_listeners_argument_errors():

@@ -523,7 +523,7 @@ def _check_port(port: Any) -> int:
 async def open_tcp_listeners(
     port: int, *, host: str | bytes | None = None, backlog: int | None = None
 ) -> list[SocketListener]:
-    """Listening TCP sockets on every address of ``host`` (``None``: all interfaces).
+    """Listening TCP sockets on every address of ``host`` (``None`` or ``""``: all interfaces).
 
     SO_REUSEADDR is set; IPv6 sockets are IPV6_V6ONLY (so that an IPv4 and an IPv6 socket
     can share the port).  With ``port=0`` every listener gets the same free port.
@@ -531,7 +531,8 @@ async def open_tcp_listeners(
     _check_port(port)
     listen_backlog = _backlog(backlog)
     infos = await bsocket.getaddrinfo(
-        host, port, _stdlib_socket.AF_UNSPEC, _stdlib_socket.SOCK_STREAM, 0, _stdlib_socket.AI_PASSIVE
+        host or None,  # "" (as in bind(("", port))) also means every interface
+        port, _stdlib_socket.AF_UNSPEC, _stdlib_socket.SOCK_STREAM, 0, _stdlib_socket.AI_PASSIVE
     )
     targets = []
     seen = set()

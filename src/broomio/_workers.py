@@ -317,7 +317,7 @@ async def serve_tcp_workers(
     _check_port(port)
     listen_backlog = _backlog(backlog)
     infos = await bsocket.getaddrinfo(
-        host, port, _stdlib_socket.AF_UNSPEC, _stdlib_socket.SOCK_STREAM, 0,
+        host or None, port, _stdlib_socket.AF_UNSPEC, _stdlib_socket.SOCK_STREAM, 0,
         _stdlib_socket.AI_PASSIVE,
     )
     targets: list[Any] = []
