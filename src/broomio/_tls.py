@@ -42,6 +42,7 @@ __all__ = ["TLSStream", "open_tls_stream", "serve_tls"]
 T = TypeVar("T")
 
 DEFAULT_RECEIVE_SIZE = 16384  # one TLS record
+SEND_SLICE = 256 * 1024
 
 _log = logging.getLogger("broomio.serve")
 
@@ -250,7 +251,11 @@ class TLSStream(BufferedReceiveMixin):
             if not len(data):
                 await _checkpoint_if_cancelled()
                 return
-            await self._retry(self._ssl.write, data)
+            # Encrypt in slices: the outgoing BIO never holds more than one slice of
+            # ciphertext, and the peer starts receiving before everything is encrypted.
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), SEND_SLICE):
+                await self._retry(self._ssl.write, view[start:start + SEND_SLICE])
 
     async def unwrap(self) -> tuple[Any, bytes]:
         """Close TLS cleanly (close_notify both ways) and return ``(transport_stream,
