@@ -98,7 +98,7 @@ class Loop(_engine.LoopCore):
                 await agen.aclose()
             except BaseException as exc:  # reported, never lost, never crashes run()
                 sys.unraisablehook(
-                    sys.UnraisableHookArgs(  # type: ignore[call-arg]
+                    sys.UnraisableHookArgs(  # type: ignore[call-arg, misc]
                         (type(exc), exc, exc.__traceback__,
                          f"Exception while finalizing async generator {agen!r}", agen)
                     )
@@ -146,8 +146,11 @@ class Loop(_engine.LoopCore):
         shutdown_executor(self)
 
     def wrap_socket(self, sock: Any) -> Any:
-        """The async socket for a stdlib socket (not available yet)."""
-        raise NotImplementedError("async sockets are not part of this release yet")
+        """The async socket (``broomio.socket.socket``) for a stdlib socket; the stdlib
+        socket is switched to non-blocking mode and closed with it."""
+        from .socket import wrap_socket
+
+        return wrap_socket(sock)
 
     def __enter__(self) -> Loop:
         return self

@@ -137,6 +137,15 @@ class socket(_engine.SocketCore):
         address = await _resolve_address(self._sock, address)
         try:
             err = self._sock.connect_ex(address)
+            if self._sock.family == _stdlib.AF_UNIX:
+                # EAGAIN from a Unix connect means the listener's backlog is full: nothing
+                # was started and no readiness event will announce room.  Retry with a
+                # backoff, as a blocking connect would wait.
+                delay = 0.001
+                while err == _errno.EAGAIN:
+                    await _engine.sleep(delay)
+                    delay = min(2 * delay, 0.1)
+                    err = self._sock.connect_ex(address)
             if err in (_errno.EINPROGRESS, _errno.EAGAIN):
                 await self._wait(_WRITE)
                 err = self._sock.getsockopt(_stdlib.SOL_SOCKET, _stdlib.SO_ERROR)

@@ -19,13 +19,17 @@
 
 #define BRO_READABLE 1u
 #define BRO_WRITABLE 2u
-#define BRO_HUP 4u /* EOF/hang-up/error seen: sticky until the fd is forgotten */
+/* Sticky in a slot's readiness bits: the peer hung up or the socket has an error (epoll's
+ * RDHUP/HUP/ERR).  No further edge will come for it, so a short read no longer proves that
+ * the receive queue is drained (sock.c). */
+#define BRO_HANGUP 4u
 
 typedef struct bro_poller bro_poller;
 
 typedef struct {
     int fd;
-    unsigned bits; /* BRO_READABLE | BRO_WRITABLE (errors and hang-ups count as both) */
+    unsigned bits; /* BRO_READABLE | BRO_WRITABLE (errors and hang-ups count as both), plus
+                      BRO_HANGUP for a hang-up or an error */
 } bro_poll_event;
 
 /* All return -1 with errno set on failure (no Python exception). */

@@ -112,7 +112,7 @@ int bro_poller_wait(bro_poller *p, int timeout_ms, bro_poll_event *out, int max,
         if (ev->events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             bits |= BRO_WRITABLE;
         if (ev->events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-            bits |= BRO_HUP;
+            bits |= BRO_HANGUP;
         out[count].fd = ev->data.fd;
         out[count].bits = bits;
         count++;

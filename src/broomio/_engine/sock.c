@@ -20,7 +20,16 @@
  * Why a short read may clear the bit: with EPOLLET the kernel reports an edge every time new
  * data is queued on the socket, whether or not the buffer was empty, so "we drained what was
  * there" is as good as EAGAIN and saves the EAGAIN syscall that would otherwise follow every
- * message.  The same holds for a short write and the send buffer.
+ * message.  This holds only for a short read of a *stream* that returned data, on a socket
+ * that has not hung up: a datagram socket returns one datagram per call however many are
+ * queued; an EOF or a pending error is permanent and brings no further edge (once epoll has
+ * reported RDHUP/HUP/ERR the slot keeps BRO_HANGUP, and data queued before the FIN comes out
+ * of a short read with the EOF still pending); MSG_PEEK leaves the data where it was.  In
+ * those cases the bit stays set, or the next receive would wait for an edge that never comes.
+ *
+ * Writes clear the bit only on EAGAIN.  A short write does not prove the send buffer full
+ * (gVisor, for one, returns short writes on a socket that stays writable and then sends no
+ * edge), and it costs a single extra syscall per buffer-full episode of a large transfer.
  *
  * Registration: an fd is added to epoll (edge-triggered, both directions) the first time an
  * operation has to wait, in the running loop; the socket remembers that loop, and close()
@@ -155,6 +164,14 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
 
 enum { TRY_DONE, TRY_AGAIN, TRY_ERROR };
 
+/* Did a receive of n bytes (wanted: want) leave the socket's receive queue empty?  The
+ * caller also checks the slot's BRO_HANGUP bit (see the top of this file). */
+static int recv_drained(bro_sockop *op, ssize_t n, Py_ssize_t want)
+{
+    return n > 0 && n < want && (op->sock->type & 0xf) == SOCK_STREAM &&
+           !(op->flags & (MSG_PEEK | MSG_OOB));
+}
+
 static int is_again(int err)
 {
     return err == EAGAIN || err == EWOULDBLOCK;
@@ -180,7 +197,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                     break;
                 if (n > want) /* MSG_TRUNC reports the datagram's real length */
                     n = want;
-                *drained = n > 0 && n < want;
+                *drained = recv_drained(op, n, want);
                 *res = PyBytes_FromStringAndSize(loop->scratch, n);
                 return *res ? TRY_DONE : TRY_ERROR;
             }
@@ -196,7 +213,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             }
             if (n > want)
                 n = want;
-            *drained = n > 0 && n < want;
+            *drained = recv_drained(op, n, want);
             if (n != want && _PyBytes_Resize(&bytes, n) < 0)
                 return TRY_ERROR;
             *res = bytes;
@@ -206,7 +223,9 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             ssize_t n = recv(fd, op->view.buf, (size_t)op->size, op->flags);
             if (n < 0)
                 break;
-            *drained = n > 0 && n < op->size;
+            if (n > op->size)
+                n = op->size;
+            *drained = recv_drained(op, n, op->size);
             *res = PyLong_FromSsize_t(n);
             return *res ? TRY_DONE : TRY_ERROR;
         }
@@ -214,7 +233,6 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             ssize_t n = send(fd, op->view.buf, (size_t)op->view.len, op->flags | MSG_NOSIGNAL);
             if (n < 0)
                 break;
-            *drained = n < op->view.len;
             *res = PyLong_FromSsize_t(n);
             return *res ? TRY_DONE : TRY_ERROR;
         }
@@ -225,8 +243,6 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                 if (n < 0)
                     goto failed;
                 op->offset += n;
-                if (op->offset < op->view.len)
-                    *drained = 1; /* the send buffer is full: the next send would be EAGAIN */
             }
             *res = Py_NewRef(Py_None);
             return TRY_DONE;
@@ -382,10 +398,7 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
     }
     switch (tried) {
     case TRY_DONE:
-        /* A short transfer is as good as EAGAIN only on a stream socket, for a consuming
-         * read, and before EOF/hang-up (which produce no further edge). */
-        if (drained && op->sock->type == SOCK_STREAM && !(op->flags & (MSG_PEEK | MSG_OOB)) &&
-            !(slot->ready & BRO_HUP))
+        if (drained && !(slot->ready & BRO_HANGUP))
             slot->ready &= (uint8_t)~op->dir;
         op->state = SOP_DONE;
         sockop_release(op);
