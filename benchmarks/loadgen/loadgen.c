@@ -297,10 +297,10 @@ static void disconnected(state_t *st, conn_t *c, const char *what, int err)
 {
     st->disconnects++;
     if (err != 0)
-        report(st, "connection %u: %s failed after %" PRIu64 " messages: %s", c->index, what,
+        report(st, "conn %u: %s failed after %" PRIu64 " messages: %s", c->index, what,
                c->seq - (c->busy ? 1 : 0), strerror(err));
     else
-        report(st, "connection %u: closed by the server after %" PRIu64 " messages", c->index,
+        report(st, "conn %u: closed by the server after %" PRIu64 " messages", c->index,
                c->seq - (c->busy ? 1 : 0));
     drop(st, c);
 }
@@ -309,16 +309,14 @@ static void corrupted(state_t *st, conn_t *c, const uint8_t *got, size_t n)
 {
     st->mismatches++;
     if (c->received + n > c->sent) {
-        report(st,
-               "connection %u, message %" PRIu64 ": received %zu bytes of echo but only %zu "
-               "were sent",
+        report(st, "conn %u, msg %" PRIu64 ": received %zu bytes of echo but only %zu were sent",
                c->index, c->seq, c->received + n, c->sent);
     } else {
         size_t i = 0;
         while (i < n && got[i] == c->msg[c->received + i])
             i++;
-        report(st, "connection %u, message %" PRIu64 ": echoed byte %zu is 0x%02x, expected 0x%02x",
-               c->index, c->seq, c->received + i, got[i], c->msg[c->received + i]);
+        report(st, "conn %u, msg %" PRIu64 ": echoed byte %zu is 0x%02x, expected 0x%02x", c->index,
+               c->seq, c->received + i, got[i], c->msg[c->received + i]);
     }
     drop(st, c); /* the stream cannot be trusted (or resynchronised) any more */
 }
@@ -687,9 +685,8 @@ int main(int argc, char **argv)
 
     if (errors > 0) /* last on stderr, so a harness showing the last line shows this */
         fprintf(stderr,
-                "%s: FAILED: %" PRIu64 " corrupted echo(es), %" PRIu64
-                " connection(s) closed by the server; first: %s\n",
-                prog, st.mismatches, st.disconnects, st.first_problem);
+                "%s: %" PRIu64 " corrupted echo(es), %" PRIu64 " disconnect(s); first: %s\n", prog,
+                st.mismatches, st.disconnects, st.first_problem);
     if (st.mismatches > 0)
         return EXIT_CORRUPT;
     if (st.disconnects > 0)
