@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import select
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -31,7 +32,9 @@ __all__ = [
     "ServerError",
     "ServerProcess",
     "child_setup",
+    "children_cpu_seconds",
     "cpu_seconds",
+    "per_cpu_times",
     "signals_raise",
 ]
 
@@ -77,6 +80,31 @@ def cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(b")") + 2:].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _CLOCK_TICKS
+
+
+def per_cpu_times(cpus: Iterable[int]) -> dict[int, tuple[float, float]]:
+    """``{cpu: (busy, total)}`` seconds since boot for each of ``cpus``, from ``/proc/stat``.
+
+    Busy is user + nice + system + irq + softirq + steal (steal: taken by the
+    hypervisor); total adds idle and iowait.
+    """
+    wanted = {f"cpu{c}": c for c in cpus}
+    times: dict[int, tuple[float, float]] = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if name in wanted:
+                v = [int(x) for x in rest.split()[:8]] + [0] * 8
+                user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+                busy = user + nice + system + irq + softirq + steal
+                times[wanted[name]] = (busy / _CLOCK_TICKS, (busy + idle + iowait) / _CLOCK_TICKS)
+    return times
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's waited-for children so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 class ServerError(Exception):

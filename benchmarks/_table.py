@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .echo import BASELINE, RIVAL, SERVERS, EchoConfig, size_label
+from .echo import BASELINE, FOREIGN_LOAD_NOTE_PCT, RIVAL, SERVERS, EchoConfig, size_label
 from .micro import CASES, CaseSpec, Params
 
 __all__ = [
@@ -243,15 +243,26 @@ def _us(value: Any) -> str:
     return f"{v:.1f} us" if v < 100 else f"{v:,.0f} us"
 
 
-def _echo_notes(result: Mapping[str, Any]) -> str:
+def _echo_notes(result: Mapping[str, Any], cfg: EchoConfig) -> str:
+    """Errors, and other processes' load on the pinned CPUs during the reported run."""
+    notes: list[str] = []
+    best = result.get("best")
+    if best:
+        load: Mapping[str, float] = best.get("foreign_load_pct", {})
+        busy = [f"{load[role]:.0f}% of CPU {cpu}"
+                for role, cpu in (("server_cpu", cfg.server_cpu), ("client_cpu", cfg.client_cpu))
+                if load.get(role, 0.0) >= FOREIGN_LOAD_NOTE_PCT]
+        if busy:
+            notes.append("busy machine: others used " + ", ".join(busy))
     errors: list[str] = list(result.get("errors", []))
-    if not errors:
-        return ""
-    last = _short_error(errors[-1], ECHO_MAX_ERROR_CHARS)
-    if result.get("best") is None:
-        return "error: " + last
-    attempts = len(result.get("runs", [])) + len(errors)
-    return f"{len(errors)} of {attempts} runs failed: {last}"
+    if errors:
+        last = _short_error(errors[-1], ECHO_MAX_ERROR_CHARS)
+        if best is None:
+            notes.append("error: " + last)
+        else:
+            attempts = len(result.get("runs", [])) + len(errors)
+            notes.append(f"{len(errors)} of {attempts} runs failed: {last}")
+    return "; ".join(notes)
 
 
 def _target_line(results: Mapping[tuple[str, int], Mapping[str, Any]], server: str,
@@ -300,7 +311,7 @@ def render_echo_report(
         for server in cfg.servers:
             result = results.get((server, size), {})
             best = result.get("best")
-            notes = _echo_notes(result)
+            notes = _echo_notes(result, cfg)
             if best is None:
                 rows.append([size_label(size), server, *(["-"] * 7),
                              notes or ("interrupted" if interrupted else "not run")])
@@ -344,7 +355,8 @@ def render_echo_report(
         "**server CPU/msg** = the server's user+system CPU time during the measured window / "
         f"round trips completed in it (lower is better); `vs {BASELINE}` divides it by the raw "
         "C server's at the same size. server/client CPU = share of one core used during the "
-        "window; a server below ~95% was not the bottleneck."
+        "window; a server below ~95% was not the bottleneck. \"busy machine\" = other "
+        "processes used the pinned CPUs during that run: Python servers then look costlier."
     )
     if interrupted:
         out.append("**Interrupted**: some runs are missing.")

@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from ._build import BuildError, build_c_program
-from ._process import ServerError, ServerProcess, child_setup
+from ._process import (
+    ServerError,
+    ServerProcess,
+    child_setup,
+    children_cpu_seconds,
+    per_cpu_times,
+)
 from ._runner import REPO_ROOT, Aggregate, ChildOutcome, run_child
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "QUICK_SERVERS",
     "RIVAL",
     "SERVERS",
+    "FOREIGN_LOAD_NOTE_PCT",
     "EchoConfig",
     "ServerSpec",
     "parse_size",
@@ -57,6 +64,9 @@ LOADGEN_SOURCE = BENCH_DIR / "loadgen" / "loadgen.c"
 
 #: Message sizes in bytes (``--sizes``).
 DEFAULT_SIZES: tuple[int, ...] = (64, 1024, 16 * 1024)
+
+#: Other processes' share of a pinned CPU (%) from which the report flags a run.
+FOREIGN_LOAD_NOTE_PCT = 10.0
 
 #: Extra seconds a loadgen run may take beyond warm-up + duration before it is killed
 #: (its connect phase alone may take up to 10 s).
@@ -231,6 +241,9 @@ def run_case(server: str, size: int, cfg: EchoConfig, loadgen: Path) -> tuple[Ch
     try:
         server_proc.start()
         started = True
+        pinned = {c for c in (cfg.server_cpu, cfg.client_cpu) if c is not None}
+        cpus_before = per_cpu_times(pinned)
+        loadgen_before = children_cpu_seconds()
         cpu_before = server_proc.cpu_seconds()
         outcome = run_child(
             loadgen_command(loadgen, server_proc.port, size, server_proc.pid, cfg),
@@ -240,6 +253,8 @@ def run_case(server: str, size: int, cfg: EchoConfig, loadgen: Path) -> tuple[Ch
         )
         server_proc.check_alive()  # a dead server explains a failed loadgen best
         cpu_total = server_proc.cpu_seconds() - cpu_before
+        loadgen_cpu = children_cpu_seconds() - loadgen_before  # loadgen was reaped
+        cpus_after = per_cpu_times(pinned)
         server_tail = server_proc.stderr_tail()
     except ServerError as exc:
         wall = time.perf_counter() - t0
@@ -256,7 +271,35 @@ def run_case(server: str, size: int, cfg: EchoConfig, loadgen: Path) -> tuple[Ch
         record = make_record(server, size, cfg, outcome.record, cpu_total)
     except (KeyError, TypeError, ValueError) as exc:
         return ChildOutcome(None, f"bad loadgen result: {exc}", wall, server_tail), False
+    record["foreign_load_pct"] = foreign_load(cfg, cpus_before, cpus_after, cpu_total,
+                                              loadgen_cpu)
     return ChildOutcome(record, None, wall), False
+
+
+def foreign_load(cfg: EchoConfig, before: dict[int, tuple[float, float]],
+                 after: dict[int, tuple[float, float]], server_cpu: float,
+                 loadgen_cpu: float) -> dict[str, float]:
+    """How busy the pinned CPUs were with *other* work during a loadgen run, in %.
+
+    ``{"server_cpu": %, "client_cpu": %}``: a CPU's busy time (``/proc/stat``)
+    minus what the server and loadgen used on it, over its elapsed time.
+    Anything above a few percent means another process (or the hypervisor)
+    competed with the benchmark: Python servers then look costlier per message.
+    """
+    ours = {c: 0.0 for c in after}
+    if cfg.server_cpu is not None:
+        ours[cfg.server_cpu] += server_cpu
+    if cfg.client_cpu is not None:
+        ours[cfg.client_cpu] += loadgen_cpu
+    load: dict[str, float] = {}
+    for role, cpu in (("server_cpu", cfg.server_cpu), ("client_cpu", cfg.client_cpu)):
+        if cpu is None or cpu not in before or cpu not in after:
+            continue
+        busy = after[cpu][0] - before[cpu][0]
+        total = after[cpu][1] - before[cpu][1]
+        if total > 0:
+            load[role] = max(0.0, 100.0 * (busy - ours[cpu]) / total)
+    return load
 
 
 # --------------------------------------------------------------------------
@@ -300,9 +343,14 @@ def run_suite(cfg: EchoConfig, loadgen: Path, progress: Progress
                         broken[srv] = outcome
                     rec = outcome.record
                     if rec is not None:
+                        others = rec["foreign_load_pct"]
+                        busy = (f", others used {others.get('server_cpu', 0):.0f}%/"
+                                f"{others.get('client_cpu', 0):.0f}% of the CPUs"
+                                if max(others.values(), default=0) >= FOREIGN_LOAD_NOTE_PCT
+                                else "")
                         progress(f"{rec['msgs_per_s'] / 1e3:.1f} k msgs/s, "
                                  f"{rec['cpu_us_per_msg']:.2f} us server CPU/msg, "
-                                 f"server CPU {rec['server_cpu_pct']:.0f}% "
+                                 f"server CPU {rec['server_cpu_pct']:.0f}%{busy} "
                                  f"({outcome.wall:.1f} s wall)")
                     else:
                         progress(f"ERROR: {outcome.error}")
