@@ -5,9 +5,11 @@ Subcommands:
 * ``micro`` -- scheduler micro-benchmarks (spawn+join, switches, sleep
   overhead, memory per sleeping task) for broomio, asyncio, uvloop and trio,
   all measured in the same run; prints a Markdown table.
+* ``echo`` -- TCP echo servers (raw C epoll, asyncio, uvloop, trio, broomio)
+  under a C load generator; reports msgs/s and server CPU per message.
 
-More suites (e.g. ``echo``, ``sync``) plug in by adding a function that
-registers a sub-parser in :data:`SUBCOMMANDS`.
+More suites (e.g. ``sync``) plug in by adding a function that registers a
+sub-parser in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import micro
+from . import echo, micro
+from ._build import BuildError, build_c_program
+from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
-from ._table import format_value, render_micro_report
+from ._table import format_value, render_echo_report, render_micro_report
 
 
 def _split_names(values: list[str] | None, allowed: tuple[str, ...], what: str,
@@ -138,8 +142,149 @@ def _run_micro(args: argparse.Namespace) -> int:
     return 1 if (args.strict and failed) else 0
 
 
+def _add_echo(sub: Any) -> None:
+    p = sub.add_parser(
+        "echo",
+        help="TCP echo servers under a C load generator (msgs/s, server CPU per message)",
+        description=(
+            "For each server x message size x repetition: start a fresh server pinned to "
+            "one CPU, drive it from a C load generator pinned to another (N connections, "
+            "one message in flight per connection, every echoed byte verified), measure the "
+            "server's CPU time over the window, stop it. Prints a Markdown table of msgs/s "
+            "and server CPU microseconds per message (best run), with ratios to the raw C "
+            "server. Servers: " + ", ".join(f"{s.name} ({s.title})"
+                                            for s in echo.SERVERS.values())
+        ),
+    )
+    p.add_argument("--servers", action="append", metavar="NAME",
+                   help="run only these servers (repeatable or comma-separated; "
+                        f"{echo.BASELINE} is always included as the baseline): "
+                        + ", ".join(echo.SERVERS))
+    p.add_argument("--sizes", metavar="LIST",
+                   help="message sizes, comma-separated, e.g. 64,1k,16k (default: "
+                        + ",".join(echo.size_label(s).replace(" ", "")
+                                   for s in echo.DEFAULT_SIZES) + ")")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="repetitions per case, best one reported (default: 3; --quick: 1)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="measured seconds per run (default: 3; --quick: 1; max 600)")
+    p.add_argument("--warmup", type=float, metavar="S",
+                   help="uncounted seconds before each window (default: 0.5; --quick: 0.2)")
+    p.add_argument("--connections", type=int, default=100, metavar="N",
+                   help="concurrent connections (default: 100)")
+    p.add_argument("--cpus", metavar="SERVER,CLIENT",
+                   help="CPUs to pin the server and the load generator to (default: the "
+                        "first two usable CPUs)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: 1 s, 1 repetition, servers "
+                        + ",".join(echo.QUICK_SERVERS) + " (well under a minute)")
+    p.add_argument("--json", type=Path, metavar="PATH",
+                   help="also write every raw result to this JSON file")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if any run failed (results are printed anyway)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_run_echo, parser=p)
+
+
+def _echo_config(args: argparse.Namespace) -> echo.EchoConfig:
+    """Validate the ``echo`` options and resolve the --quick defaults."""
+    parser: argparse.ArgumentParser = args.parser
+    quick: bool = args.quick
+    if args.servers is None and quick:
+        servers = list(echo.QUICK_SERVERS)
+    else:
+        servers = _split_names(args.servers, tuple(echo.SERVERS), "server", parser)
+    if echo.BASELINE not in servers:
+        servers.insert(0, echo.BASELINE)
+    sizes = list(echo.DEFAULT_SIZES)
+    if args.sizes is not None:
+        try:
+            sizes = [echo.parse_size(t) for t in args.sizes.split(",") if t.strip()]
+        except ValueError as exc:
+            parser.error(f"--sizes: {exc}")
+        if not sizes or any(not 1 <= s <= 16 << 20 for s in sizes):
+            parser.error("--sizes: each size must be between 1 byte and 16 MiB")
+        sizes = list(dict.fromkeys(sizes))
+    repeat = args.repeat if args.repeat is not None else (1 if quick else 3)
+    duration = args.duration if args.duration is not None else (1.0 if quick else 3.0)
+    warmup = args.warmup if args.warmup is not None else (0.2 if quick else 0.5)
+    if repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if not 0 < duration <= 600:
+        parser.error("--duration must be > 0 and <= 600 seconds")
+    if not 0 <= warmup <= 60:
+        parser.error("--warmup must be between 0 and 60 seconds")
+    if not 1 <= args.connections <= 10_000:
+        parser.error("--connections must be between 1 and 10000")
+    requested: tuple[int, int] | None = None
+    if args.cpus is not None:
+        try:
+            server_cpu, client_cpu = (int(c) for c in args.cpus.split(","))
+        except ValueError:
+            parser.error("--cpus takes two CPU numbers: SERVER,CLIENT (e.g. 0,1)")
+        requested = (server_cpu, client_cpu)
+    try:
+        server_cpu, client_cpu = echo.pick_cpus(requested)
+    except ValueError as exc:
+        parser.error(f"--cpus: {exc}")
+    return echo.EchoConfig(servers=tuple(servers), sizes=tuple(sizes), repeat=repeat,
+                           duration=duration, warmup=warmup, connections=args.connections,
+                           server_cpu=server_cpu, client_cpu=client_cpu, quick=quick)
+
+
+def _run_echo(args: argparse.Namespace) -> int:
+    """Run the echo suite described by ``args``; print the report; return the exit code."""
+    cfg = _echo_config(args)
+
+    def progress(msg: str, end: str = "\n") -> None:
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    try:
+        loadgen = build_c_program(echo.LOADGEN_SOURCE)
+    except BuildError as exc:
+        print(f"python -m benchmarks echo: cannot build the load generator: {exc}",
+              file=sys.stderr)
+        if exc.output:
+            print(exc.output, file=sys.stderr)
+        return 1
+    if cfg.server_cpu == cfg.client_cpu:
+        progress(f"warning: only CPU {cfg.server_cpu} is usable: server and load generator "
+                 "share it")
+
+    started = time.perf_counter()
+    with signals_raise():  # SIGTERM/SIGHUP unwind like Ctrl-C: servers get stopped
+        aggregates, interrupted = echo.run_suite(cfg, loadgen, progress)
+    progress(f"done in {time.perf_counter() - started:.1f} s")
+
+    dists = [d for d in dict.fromkeys(echo.SERVERS[s].dist for s in cfg.servers) if d]
+    meta = machine_info(dists)
+    as_json = {key: agg.to_json() for key, agg in aggregates.items()}
+    print(render_echo_report(as_json, cfg, meta, interrupted=interrupted))
+
+    if args.json is not None:
+        payload = {
+            "suite": "echo",
+            "meta": meta,
+            "config": {**vars(cfg), "interrupted": interrupted},
+            "results": [
+                {"server": server, "size": size, "unit": "server CPU us/msg",
+                 "higher_is_better": False, **as_json[(server, size)]}
+                for server, size in aggregates
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        progress(f"raw results written to {args.json}")
+
+    if interrupted:
+        return 130
+    failed = any(agg.errors for agg in aggregates.values())
+    return 1 if (args.strict and failed) else 0
+
+
 #: Sub-parser registrations, one per suite.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_echo]
 
 
 def main(argv: list[str] | None = None) -> int:

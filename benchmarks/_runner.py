@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +26,12 @@ __all__ = [
     "Aggregate",
     "ChildOutcome",
     "REPO_ROOT",
+    "last_line",
     "machine_info",
+    "parse_json_line",
     "run_child",
+    "signal_name",
+    "text_tail",
 ]
 
 #: The directory that holds the ``benchmarks`` package: children run from here
@@ -77,19 +81,19 @@ class Aggregate:
                 "stderr_tails": self.stderr_tails}
 
 
-def _signal_name(returncode: int) -> str:
+def signal_name(returncode: int) -> str:
     try:
         return signal.Signals(-returncode).name
     except ValueError:
         return f"signal {-returncode}"
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
 
-def _tail(stderr: str | bytes | None, limit: int = 4000) -> str:
+def text_tail(stderr: str | bytes | None, limit: int = 4000) -> str:
     """The last ``limit`` characters of a child's stderr."""
     if stderr is None:
         return ""
@@ -98,7 +102,7 @@ def _tail(stderr: str | bytes | None, limit: int = 4000) -> str:
     return stderr[-limit:]
 
 
-def _parse_json_line(stdout: str) -> dict[str, Any] | None:
+def parse_json_line(stdout: str) -> dict[str, Any] | None:
     """The last stdout line that is a JSON object (earlier output is ignored)."""
     for line in reversed(stdout.splitlines()):
         line = line.strip()
@@ -112,8 +116,19 @@ def _parse_json_line(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def run_child(cmd: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> ChildOutcome:
-    """Run ``cmd`` and turn whatever happens into a :class:`ChildOutcome`."""
+def run_child(
+    cmd: Sequence[str],
+    timeout: float,
+    cwd: Path = REPO_ROOT,
+    *,
+    result_key: str = "value",
+    preexec_fn: Callable[[], None] | None = None,
+) -> ChildOutcome:
+    """Run ``cmd`` and turn whatever happens into a :class:`ChildOutcome`.
+
+    Success is exit status 0 and a JSON line holding ``result_key``.
+    ``preexec_fn`` runs in the child before ``exec`` (e.g. to pin it to a CPU).
+    """
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -123,27 +138,28 @@ def run_child(cmd: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> Chil
             capture_output=True,
             text=True,
             timeout=timeout,
+            preexec_fn=preexec_fn,
         )
     except subprocess.TimeoutExpired as exc:
-        tail = _tail(exc.stderr)
+        tail = text_tail(exc.stderr)
         return ChildOutcome(None, f"timeout after {timeout:g} s", time.perf_counter() - t0, tail)
     except OSError as exc:
         return ChildOutcome(None, f"could not start: {exc}", time.perf_counter() - t0)
     wall = time.perf_counter() - t0
 
-    obj = _parse_json_line(proc.stdout)
-    if proc.returncode == 0 and obj is not None and "value" in obj:
+    obj = parse_json_line(proc.stdout)
+    if proc.returncode == 0 and obj is not None and result_key in obj:
         return ChildOutcome(obj, None, wall)
-    tail = _tail(proc.stderr)
+    tail = text_tail(proc.stderr)
     if obj is not None and "error" in obj:
         return ChildOutcome(None, str(obj["error"]), wall, tail)
     if proc.returncode < 0:
-        what = f"crashed ({_signal_name(proc.returncode)})"
+        what = f"crashed ({signal_name(proc.returncode)})"
     elif proc.returncode > 0:
         what = f"exit status {proc.returncode}"
     else:
         what = "no result printed"
-    detail = "" if proc.returncode < 0 else _last_line(proc.stderr)
+    detail = "" if proc.returncode < 0 else last_line(proc.stderr)
     return ChildOutcome(None, f"{what}: {detail}" if detail else what, wall, tail)
 
 

@@ -1,8 +1,9 @@
 """Markdown formatting of benchmark results.
 
 Generic helpers (:func:`markdown_table`, number formatting) plus
-:func:`render_micro_report`, which turns the aggregated micro results into
-the table printed by ``python -m benchmarks micro``.
+:func:`render_micro_report` and :func:`render_echo_report`, which turn the
+aggregated results into the reports printed by ``python -m benchmarks micro``
+and ``python -m benchmarks echo``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .echo import BASELINE, FOREIGN_LOAD_NOTE_PCT, RIVAL, SERVERS, EchoConfig, size_label
 from .micro import CASES, CaseSpec, Params
 
 __all__ = [
     "format_ratio",
     "format_value",
     "markdown_table",
+    "render_echo_report",
     "render_micro_report",
 ]
 
@@ -85,10 +88,10 @@ def format_ratio(ratio: float) -> str:
     return f"{ratio:.1f}x" if abs(ratio) >= 10 else f"{ratio:.2f}x"
 
 
-def _short_error(error: str) -> str:
+def _short_error(error: str, limit: int = MAX_ERROR_CHARS) -> str:
     error = " ".join(error.split())
-    if len(error) > MAX_ERROR_CHARS:
-        error = error[: MAX_ERROR_CHARS - 3] + "..."
+    if len(error) > limit:
+        error = error[: limit - 3] + "..."
     return error
 
 
@@ -204,4 +207,171 @@ def render_micro_report(
     out.append("")
     out.append("Targets (from the issue; informational, never asserted):")
     out.extend(target_lines)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# Echo benchmark.
+# --------------------------------------------------------------------------
+
+#: Longest error text in the echo table's notes column (the full text is in the JSON).
+ECHO_MAX_ERROR_CHARS = 140
+
+#: broomio's CPU/msg must be at most this multiple of the raw C server's (issue #3).
+ECHO_TARGET_VS_BASELINE = 1.15
+
+
+def _best_value(results: Mapping[tuple[str, int], Mapping[str, Any]], server: str,
+                size: int) -> float | None:
+    """The best (lowest) server CPU/msg of ``server`` at ``size``, or None."""
+    best = results.get((server, size), {}).get("best")
+    if not best:
+        return None
+    value = float(best["value"])
+    return value if math.isfinite(value) else None
+
+
+def _us(value: Any) -> str:
+    """Microseconds: ``"3.11 us"``, ``"19.7 us"``, ``"313 us"``, ``"2,277 us"``; ``-`` if none."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if not math.isfinite(v):
+        return "-"
+    if v < 10:
+        return f"{v:.2f} us"
+    return f"{v:.1f} us" if v < 100 else f"{v:,.0f} us"
+
+
+def _echo_notes(result: Mapping[str, Any], cfg: EchoConfig) -> str:
+    """Errors, and other processes' load on the pinned CPUs during the reported run."""
+    notes: list[str] = []
+    best = result.get("best")
+    if best:
+        load: Mapping[str, float] = best.get("foreign_load_pct", {})
+        busy = [f"{load[role]:.0f}% of CPU {cpu}"
+                for role, cpu in (("server_cpu", cfg.server_cpu), ("client_cpu", cfg.client_cpu))
+                if load.get(role, 0.0) >= FOREIGN_LOAD_NOTE_PCT]
+        if busy:
+            notes.append("busy machine: others used " + ", ".join(busy))
+    errors: list[str] = list(result.get("errors", []))
+    if errors:
+        last = _short_error(errors[-1], ECHO_MAX_ERROR_CHARS)
+        if best is None:
+            notes.append("error: " + last)
+        else:
+            attempts = len(result.get("runs", [])) + len(errors)
+            notes.append(f"{len(errors)} of {attempts} runs failed: {last}")
+    return "; ".join(notes)
+
+
+def _target_line(results: Mapping[tuple[str, int], Mapping[str, Any]], server: str,
+                 other: str, sizes: Sequence[int], bound: float, strict: bool,
+                 text: str) -> str:
+    """One target line: ``server``'s CPU/msg / ``other``'s at each size, against ``bound``
+    (``ratio < bound`` if ``strict``, else ``ratio <= bound``)."""
+    parts: list[str] = []
+    statuses: list[str] = []
+    missing: list[str] = []
+    for size in sizes:
+        mine = _best_value(results, server, size)
+        theirs = _best_value(results, other, size)
+        if mine is None or theirs is None:
+            missing.append(server if mine is None else other)
+            parts.append(f"{size_label(size)} n/a (no {missing[-1]} result)")
+            statuses.append("n/a")
+            continue
+        ratio = ratio_to_baseline(mine, theirs)
+        statuses.append("met" if (ratio < bound if strict else ratio <= bound) else "not met")
+        parts.append(f"{size_label(size)} {format_ratio(ratio)} ({statuses[-1]})")
+    if len(missing) == len(sizes) and len(set(missing)) == 1:
+        return f"- `{server}` {text}: n/a (no {missing[0]} result)"
+    overall = ("n/a" if "n/a" in statuses else
+               "not met" if "not met" in statuses else "met")
+    return f"- `{server}` {text}: " + ", ".join(parts) + f" -- **{overall}**"
+
+
+def render_echo_report(
+    results: Mapping[tuple[str, int], Mapping[str, Any]],
+    cfg: EchoConfig,
+    meta: Mapping[str, Any],
+    *,
+    interrupted: bool = False,
+) -> str:
+    """Render the Markdown report for ``python -m benchmarks echo``.
+
+    ``results[(server, size)]`` holds ``best`` (the run with the lowest server
+    CPU/msg, or None), ``runs`` and ``errors``, as in :class:`_runner.Aggregate`.
+    """
+    headers = ["size", "server", "msgs/s", "p50", "p99", "server CPU", "client CPU",
+               "server CPU/msg", f"vs {BASELINE}", "notes"]
+    rows: list[list[str]] = []
+    for size in cfg.sizes:
+        base = _best_value(results, BASELINE, size)
+        for server in cfg.servers:
+            result = results.get((server, size), {})
+            best = result.get("best")
+            notes = _echo_notes(result, cfg)
+            if best is None:
+                rows.append([size_label(size), server, *(["-"] * 7),
+                             notes or ("interrupted" if interrupted else "not run")])
+                continue
+            value = float(best["value"])
+            rows.append([
+                size_label(size),
+                server,
+                format_value("rate", float(best["msgs_per_s"])),
+                _us(best.get("p50_us")),
+                _us(best.get("p99_us")),
+                f"{float(best['server_cpu_pct']):.0f}%",
+                f"{float(best['client_cpu_pct']):.0f}%",
+                _us(value),
+                format_ratio(ratio_to_baseline(value, base)),
+                notes,
+            ])
+
+    versions = meta.get("versions", {})
+    shown = [d for d in dict.fromkeys(SERVERS[s].dist for s in cfg.servers) if d is not None]
+    out = ["## broomio echo benchmark", ""]
+    out.append(
+        f"Python {meta.get('python', '?')} on {meta.get('platform', '?')}, "
+        f"{meta.get('cpus', '?')} CPUs ({meta.get('cpu_model', 'unknown CPU')}). "
+        + ", ".join(f"{d} {versions.get(d, '?')}" for d in shown) + "."
+    )
+    same_cpu = cfg.server_cpu == cfg.client_cpu
+    out.append(
+        f"Server pinned to CPU {cfg.server_cpu}, load generator (C, epoll, one thread) to CPU "
+        f"{cfg.client_cpu}"
+        + (" -- **the same CPU: msgs/s and latency are meaningless, CPU/msg is still fair**"
+           if same_cpu else "")
+        + f". {cfg.connections} connections, one message in flight on each (send, wait for "
+        f"the whole echo, verify every byte, repeat); {cfg.warmup:g} s warm-up, then "
+        f"{cfg.duration:g} s measured. Best of {cfg.repeat} run{'s' if cfg.repeat != 1 else ''} "
+        "by server CPU/msg (every number in a row comes from that run); every run starts a "
+        "fresh server."
+        + (" **--quick**: short runs, not for comparing with the targets." if cfg.quick else "")
+    )
+    out.append(
+        "**server CPU/msg** = the server's user+system CPU time during the measured window / "
+        f"round trips completed in it (lower is better); `vs {BASELINE}` divides it by the raw "
+        "C server's at the same size. server/client CPU = share of one core used during the "
+        "window; a server below ~95% was not the bottleneck. \"busy machine\" = other "
+        "processes used the pinned CPUs during that run: Python servers then look costlier."
+    )
+    if interrupted:
+        out.append("**Interrupted**: some runs are missing.")
+    out.append("")
+    out.append(markdown_table(headers, rows, ["l", "l"] + ["r"] * 7 + ["l"]))
+    out.append("")
+    broomios = [s for s in cfg.servers if s.startswith("broomio")]
+    out.append("Targets (issue #3; informational, never asserted):")
+    if not broomios:
+        out.append(f"- broomio server CPU/msg <= {ECHO_TARGET_VS_BASELINE:g}x {BASELINE} "
+                   f"and < {RIVAL}'s at every size (no broomio server in this run)")
+    for server in broomios:
+        out.append(_target_line(results, server, BASELINE, cfg.sizes, ECHO_TARGET_VS_BASELINE,
+                                False, f"server CPU/msg <= {ECHO_TARGET_VS_BASELINE:g}x "
+                                f"{BASELINE}'s at every size"))
+        out.append(_target_line(results, server, RIVAL, cfg.sizes, 1.0, True,
+                                f"server CPU/msg < {RIVAL}'s at every size"))
     return "\n".join(out)
