@@ -316,37 +316,25 @@ class SocketStream(BufferedReceiveMixin):
         except OSError as exc:
             raise BrokenResourceError(f"receive failed: {exc}") from exc
 
-    # receive_some and send_all are the per-message hot paths: conflict detection and
-    # error translation are inlined (no context-manager calls when nothing goes wrong).
+    # receive_some and send_all are the per-message hot paths.  When nothing is buffered and
+    # no read helper is running, they return the C socket operation itself, in stream mode:
+    # the engine raises BusyResourceError for a second concurrent receiver/sender (before
+    # any syscall), ClosedResourceError once closed, and BrokenResourceError (with the
+    # OSError as __cause__) when the peer breaks the connection.  No Python frame per call.
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    # Returns an awaitable instead of being a coroutine function: callers await it alike.
+    def receive_some(self, max_bytes: int | None = None) -> Awaitable[bytes]:  # type: ignore[override]
         """Up to ``max_bytes`` bytes (at least one); ``b''`` once the peer has closed."""
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else _check_max_bytes(max_bytes, 0)
-        if self._buffer:
-            return await super().receive_some(size)
-        conflict = self._receive_conflict
-        if conflict._busy:
-            raise BusyResourceError(conflict._message)
-        conflict._busy = True
-        try:
-            return await self.socket.recv(size)  # ClosedResourceError if closed
-        except OSError as exc:
-            raise BrokenResourceError(f"receive failed: {exc}") from exc
-        finally:
-            conflict._busy = False
+        if self._buffer or self._receive_conflict._busy:
+            return super().receive_some(size)
+        return self.socket._stream_recv(size)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def send_all(self, data: bytes | bytearray | memoryview) -> Awaitable[None]:
         """Send every byte of ``data`` (waits for the kernel buffer as needed)."""
-        conflict = self._send_conflict
-        if conflict._busy:
-            raise BusyResourceError(conflict._message)
-        conflict._busy = True
-        try:
-            await self.socket.send_all(data)  # ClosedResourceError if closed
-        except OSError as exc:
-            raise BrokenResourceError(f"send failed: {exc}") from exc
-        finally:
-            conflict._busy = False
+        if self._send_conflict._busy:
+            raise BusyResourceError(self._send_conflict._message)
+        return self.socket._stream_send_all(data)
 
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""

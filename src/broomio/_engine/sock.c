@@ -69,6 +69,7 @@ typedef struct {
     uint8_t state;
     uint8_t dir;
     uint8_t has_view;
+    uint8_t stream; /* SocketStream semantics: OSError -> BrokenResourceError */
     int flags;
     Py_ssize_t size;   /* recv: bufsize; recv_into: nbytes */
     Py_ssize_t offset; /* send_all: bytes sent so far */
@@ -158,6 +159,7 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
     op->flags = 0;
     op->size = 0;
     op->offset = 0;
+    op->stream = 0;
     op->sock = (bro_socket *)Py_NewRef(s);
     return op;
 }
@@ -280,8 +282,32 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
     }
 }
 
+/* SocketStream's contract: a failed transfer (reset, broken pipe...) is BrokenResourceError,
+ * with the OSError as its __cause__.  Done here so the stream's hot path has no Python
+ * frame of its own. */
+static void sockop_translate(bro_sockop *op)
+{
+    if (!op->stream || !PyErr_ExceptionMatches(PyExc_OSError))
+        return;
+    bro_loop *loop = bro_running_loop;
+    if (loop == NULL)
+        return;
+    PyObject *exc = bro_fetch_exception();
+    PyObject *broken =
+        PyObject_CallFunction(loop->st->BrokenResourceError, "s",
+                              op->dir == BRO_READABLE ? "receive failed" : "send failed");
+    if (broken == NULL) {
+        Py_DECREF(exc);
+        return;
+    }
+    PyException_SetCause(broken, exc); /* steals exc */
+    PyErr_SetObject((PyObject *)Py_TYPE(broken), broken);
+    Py_DECREF(broken);
+}
+
 static PySendResult sockop_fail(bro_sockop *op)
 {
+    sockop_translate(op);
     op->state = SOP_DONE;
     sockop_release(op);
     return PYGEN_ERROR;
@@ -380,6 +406,14 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
     if (op->kind == SOP_WAIT && op->state == SOP_FRESH && op->offset == 0) {
         op->offset = 1; /* the next resumption is the edge we wait for */
         return sockop_park(op, t, slot, res);
+    }
+    bro_task *other = op->dir == BRO_READABLE ? slot->reader : slot->writer;
+    if (other != NULL && other != t) {
+        /* Checked before any syscall: a second receiver must not take the data the first
+         * one is waiting for. */
+        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this socket",
+                     op->dir == BRO_READABLE ? "receiving on" : "sending on");
+        return sockop_fail(op);
     }
     if (slot->registered && s->loop == loop && !(slot->ready & op->dir))
         return sockop_park(op, t, slot, res);
@@ -611,6 +645,23 @@ static PyObject *sock_send_all(bro_socket *s, PyObject *const *args, Py_ssize_t 
     return sock_send_common(s, args, nargs, SOP_SEND_ALL, "send_all");
 }
 
+/* The SocketStream hot paths: recv / send_all with stream error semantics. */
+static PyObject *sock_stream_recv(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    bro_sockop *op = (bro_sockop *)sock_recv(s, args, nargs);
+    if (op != NULL)
+        op->stream = 1;
+    return (PyObject *)op;
+}
+
+static PyObject *sock_stream_send_all(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    bro_sockop *op = (bro_sockop *)sock_send_all(s, args, nargs);
+    if (op != NULL)
+        op->stream = 1;
+    return (PyObject *)op;
+}
+
 /* _io(direction, fn, *args): awaitable calling fn(*args) until it does not raise
  * BlockingIOError, waiting for the socket to become readable (0) or writable (1) between
  * attempts. */
@@ -791,6 +842,8 @@ static PyMethodDef sock_methods[] = {
     {"sendall", (PyCFunction)(void (*)(void))sock_send_all, METH_FASTCALL,
      "sendall(data, flags=0)\n--\n\nAlias of send_all()."},
     {"_io", (PyCFunction)(void (*)(void))sock_io, METH_FASTCALL, NULL},
+    {"_stream_recv", (PyCFunction)(void (*)(void))sock_stream_recv, METH_FASTCALL, NULL},
+    {"_stream_send_all", (PyCFunction)(void (*)(void))sock_stream_send_all, METH_FASTCALL, NULL},
     {"_wait", (PyCFunction)sock_wait, METH_O, NULL},
     {"close", (PyCFunction)sock_close, METH_NOARGS,
      "Close the socket; tasks waiting on it get ClosedResourceError."},
