@@ -182,3 +182,29 @@ def test_loop_closed_by_a_finalizer_during_spawn_raises_cleanly():
     finally:
         gc.set_threshold(*old)
         loop.close()
+
+
+def test_async_generator_cleanup_error_is_reported_not_fatal():
+    seen = []
+
+    async def numbers():
+        try:
+            yield 1
+        finally:
+            raise ValueError("cleanup failed")
+
+    async def main():
+        async for _ in numbers():
+            break
+        gc.collect()
+        await broomio.sleep(0.05)
+        return "ok"
+
+    import sys
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda args: seen.append(args.exc_value)
+    try:
+        assert run(main) == "ok"
+    finally:
+        sys.unraisablehook = old
+    assert len(seen) == 1 and isinstance(seen[0], ValueError)

@@ -96,13 +96,8 @@ class Loop(_engine.LoopCore):
         async def aclose() -> None:
             try:
                 await agen.aclose()
-            except BaseException as exc:  # reported, never lost, never crashes run()
-                sys.unraisablehook(
-                    sys.UnraisableHookArgs(  # type: ignore[call-arg, misc]
-                        (type(exc), exc, exc.__traceback__,
-                         f"Exception while finalizing async generator {agen!r}", agen)
-                    )
-                )
+            except Exception as exc:  # reported, never lost, never crashes run()
+                _engine._write_unraisable(exc, agen)
 
         try:
             if self.running and threading.current_thread() is self._thread:

@@ -58,7 +58,23 @@ static PyObject *mod_current_time(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(i)
     return PyFloat_FromDouble(bro_monotonic());
 }
 
+/* _write_unraisable(exc, obj): report exc through sys.unraisablehook, as CPython does for
+ * errors nobody can catch (used for async generator finalizers). */
+static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *args,
+                                      Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyExceptionInstance_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_write_unraisable(exception, object)");
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
+    PyErr_WriteUnraisable(args[1]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_functions[] = {
+    {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL,
+     NULL},
     {"sleep", bro_mod_sleep, METH_O,
      "sleep(seconds)\n--\n\nAwaitable: sleep; 0 is a checkpoint that lets other tasks run."},
     {"sleep_until", bro_mod_sleep_until, METH_O,
