@@ -514,19 +514,7 @@ static PyObject *loop_start_later(bro_loop *loop, PyObject *const *args, Py_ssiz
 {
     if (bro_loop_check_usable(loop) < 0)
         return NULL;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "start_later() missing required argument 'delay'");
-        return NULL;
-    }
-    double delay;
-    if (bro_parse_seconds(args[0], "start_later", "delay", &delay) < 0)
-        return NULL;
-    if (delay < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "start_later() argument 'delay' must be non-negative, got %R", args[0]);
-        return NULL;
-    }
-    return bro_spawn_from_args(loop, loop->root, delay, args + 1, nargs - 1, kwnames);
+    return bro_spawn_later_from_args(loop, loop->root, args, nargs, kwnames);
 }
 
 static PyObject *loop_time(bro_loop *Py_UNUSED(loop), PyObject *Py_UNUSED(ignored))

@@ -73,8 +73,7 @@ static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *a
 }
 
 static PyMethodDef module_functions[] = {
-    {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL,
-     NULL},
+    {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
     {"sleep", bro_mod_sleep, METH_O,
      "sleep(seconds)\n--\n\nAwaitable: sleep; 0 is a checkpoint that lets other tasks run."},
     {"sleep_until", bro_mod_sleep_until, METH_O,

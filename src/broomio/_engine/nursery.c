@@ -130,19 +130,7 @@ static PyObject *nursery_start_later(bro_nursery *n, PyObject *const *args, Py_s
 {
     if (nursery_check_open(n) < 0)
         return NULL;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "start_later() missing required argument 'delay'");
-        return NULL;
-    }
-    double delay;
-    if (bro_parse_seconds(args[0], "start_later", "delay", &delay) < 0)
-        return NULL;
-    if (delay < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "start_later() argument 'delay' must be non-negative, got %R", args[0]);
-        return NULL;
-    }
-    return bro_spawn_from_args(n->loop, n, delay, args + 1, nargs - 1, kwnames);
+    return bro_spawn_later_from_args(n->loop, n, args, nargs, kwnames);
 }
 
 static PyObject *nursery_open(bro_nursery *n, PyObject *Py_UNUSED(ignored))

@@ -268,6 +268,24 @@ fail:;
     return NULL;
 }
 
+PyObject *bro_spawn_later_from_args(bro_loop *loop, bro_nursery *nursery, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "start_later() missing required argument 'delay'");
+        return NULL;
+    }
+    double delay;
+    if (bro_parse_seconds(args[0], "start_later", "delay", &delay) < 0)
+        return NULL;
+    if (delay < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "start_later() argument 'delay' must be non-negative, got %R", args[0]);
+        return NULL;
+    }
+    return bro_spawn_from_args(loop, nursery, delay, args + 1, nargs - 1, kwnames);
+}
+
 PyObject *bro_spawn_from_args(bro_loop *loop, bro_nursery *nursery, double delay,
                               PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {

@@ -93,6 +93,9 @@ PyObject *bro_make_coro(bro_loop *loop, PyObject *fn_or_coro, PyObject *const *a
 /* Parses (fn_or_coro, *args, name=None) and spawns; shared by Loop and Nursery. */
 PyObject *bro_spawn_from_args(bro_loop *loop, bro_nursery *nursery, double delay,
                               PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+/* Parses (delay, fn_or_coro, *args, name=None) and spawns after delay seconds. */
+PyObject *bro_spawn_later_from_args(bro_loop *loop, bro_nursery *nursery, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames);
 /* Fetches the raised exception as a normalized instance with its traceback. */
 PyObject *bro_fetch_exception(void);
 
