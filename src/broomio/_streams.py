@@ -287,6 +287,8 @@ class SocketStream(BufferedReceiveMixin):
         if socket.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("SocketStream requires a SOCK_STREAM socket")
         self.socket = socket
+        self._recv = socket._stream_recv
+        self._send_all = socket._stream_send_all
         self._init_buffer()
         self._send_conflict = _ConflictDetector("another task is already sending on this stream")
         if socket.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
@@ -325,16 +327,19 @@ class SocketStream(BufferedReceiveMixin):
     # Returns an awaitable instead of being a coroutine function: callers await it alike.
     def receive_some(self, max_bytes: int | None = None) -> Awaitable[bytes]:  # type: ignore[override]
         """Up to ``max_bytes`` bytes (at least one); ``b''`` once the peer has closed."""
-        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else _check_max_bytes(max_bytes, 0)
         if self._buffer or self._receive_conflict._busy:
-            return super().receive_some(size)
-        return self.socket._stream_recv(size)
+            return super().receive_some(_check_max_bytes(max_bytes, DEFAULT_RECEIVE_SIZE))
+        if max_bytes is None:
+            return self._recv(DEFAULT_RECEIVE_SIZE)
+        if type(max_bytes) is int and max_bytes > 0:
+            return self._recv(max_bytes)
+        return self._recv(_check_max_bytes(max_bytes, 0))
 
     def send_all(self, data: bytes | bytearray | memoryview) -> Awaitable[None]:
         """Send every byte of ``data`` (waits for the kernel buffer as needed)."""
         if self._send_conflict._busy:
             raise BusyResourceError(self._send_conflict._message)
-        return self.socket._stream_send_all(data)
+        return self._send_all(data)
 
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""
