@@ -64,18 +64,19 @@ struct bro_task {
 
     int fd;
     uint8_t state;
-    uint8_t failed;
-    uint8_t wake_failed;
     uint8_t wait;
     uint8_t wait_dir;
-    uint8_t abortable;
-    uint8_t cancel_requested;
-    uint8_t cancel_pending;
-    uint8_t started;
-    uint8_t throw_pending; /* resume with coro.throw(wake): a foreign yield */
-    uint8_t in_pending;    /* its coroutine is in loop->pending_coros */
-    uint8_t in_ring;       /* has an entry in the ready ring */
-    uint8_t gc_hidden;     /* coro (1) / context (2) untracked while the task lives */
+    uint8_t gc_hidden; /* coro (1) / context (2) untracked while the task lives */
+    /* One-bit flags, packed: every byte here is paid by every sleeping task. */
+    unsigned failed : 1;
+    unsigned wake_failed : 1;
+    unsigned abortable : 1;
+    unsigned cancel_requested : 1;
+    unsigned cancel_pending : 1;
+    unsigned started : 1;
+    unsigned throw_pending : 1; /* resume with coro.throw(wake): a foreign yield */
+    unsigned in_pending : 1;    /* its coroutine is in loop->pending_coros */
+    unsigned in_ring : 1;       /* has an entry in the ready ring */
     PyObject *weakreflist;
 };
 
