@@ -29,8 +29,13 @@ from ._engine import (
     BusyResourceError,
     Cancelled,
     CancelScope,
+    CapacityLimiter,
     ClosedResourceError,
+    Event,
     IncompleteReadError,
+    Lock,
+    Queue,
+    Semaphore,
     Task,
     TaskCancelled,
     WouldBlock,
@@ -43,6 +48,7 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._sync import Condition
 
 __version__ = "0.1.0"
 
@@ -51,10 +57,16 @@ __all__ = [
     "BusyResourceError",
     "CancelScope",
     "Cancelled",
+    "CapacityLimiter",
     "ClosedResourceError",
+    "Condition",
+    "Event",
     "IncompleteReadError",
+    "Lock",
     "Loop",
     "Nursery",
+    "Queue",
+    "Semaphore",
     "Task",
     "TaskCancelled",
     "TaskStatus",
