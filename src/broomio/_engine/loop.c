@@ -394,8 +394,8 @@ static int run_iterations(bro_loop *loop)
             steps_since_poll = 0;
             if (poll_io(loop, events, 256, &woken) < 0)
                 return -1;
-        } else {
-            loop->now = bro_monotonic();
+        } else if (loop->heap.len > 0) {
+            loop->now = bro_monotonic(); /* only fire_timers() reads it */
         }
         if (woken || atomic_load(&loop->inbox_pending)) {
             if (inbox_drain(loop) < 0 && loop_interrupted(loop) < 0)
