@@ -705,3 +705,106 @@ def test_permits_match_trio(data, kind, n):
     observed = run_permit_real(BROOMIO, kind, n, program, auto_settle=True)
     assert trio_observed == expected, "the model disagrees with trio"
     assert observed == trio_observed
+
+
+# ---------------------------------------------------------------------------
+# Condition: notify / notify_all / cancellation of waiters, against a model and trio.
+# Every action is followed by a settle (the controller must take the lock to notify, and
+# the lock is free once every woken waiter has run).
+
+
+def run_condition_model(actions: list) -> list:
+    waiting: deque = deque()
+    state: dict = {}
+    obs: list = []
+    actors = 0
+    for action in actions:
+        op = action[0]
+        if op == "spawn":
+            state[actors] = "waiting"
+            waiting.append(actors)
+            actors += 1
+        elif op == "notify":
+            for _ in range(min(action[1], len(waiting))):
+                state[waiting.popleft()] = "woken"
+        elif op == "notify_all":
+            while waiting:
+                state[waiting.popleft()] = "woken"
+        elif op in ("cancel", "cancel_all"):
+            targets = range(actors) if op == "cancel_all" else [action[1] % actors] if actors else []
+            for a in targets:
+                if state[a] == "waiting":
+                    waiting.remove(a)
+                    state[a] = "cancelled"
+        obs.append(("settled", tuple(sorted(state.items())), False))
+    return obs
+
+
+def run_condition_real(lib: Lib, actions: list) -> list:
+    state: dict = {}
+    scopes: list = []
+    obs: list = []
+
+    async def waiter(cond, a):
+        async with cond:
+            with scopes[a]:
+                await cond.wait()
+                state[a] = "woken"
+            assert cond.locked()  # held again, however wait() ended
+        state.setdefault(a, "cancelled")
+
+    async def main():
+        cond = broomio.Condition() if lib is BROOMIO else trio.Condition()
+        async with lib.open_nursery() as n:
+            for action in actions:
+                op = action[0]
+                if op == "spawn":
+                    scopes.append(lib.CancelScope())
+                    n.start_soon(waiter, cond, len(scopes) - 1)
+                elif op in ("notify", "notify_all"):
+                    async with cond:
+                        if op == "notify":
+                            cond.notify(action[1])
+                        else:
+                            cond.notify_all()
+                elif op == "cancel":
+                    if scopes:
+                        scopes[action[1] % len(scopes)].cancel()
+                elif op == "cancel_all":
+                    for scope in scopes:
+                        scope.cancel()
+                if lib is BROOMIO:
+                    # Notified waiters take the lock one after the other: one more round
+                    # per waiter.
+                    await broomio_settle(4 + 2 * len(scopes))
+                else:
+                    await lib.settle()
+                observed = tuple((a, state.get(a, "waiting")) for a in range(len(scopes)))
+                obs.append(("settled", observed, cond.locked()))
+            n.cancel_scope.cancel()
+
+    lib.run(main)
+    return obs
+
+
+condition_actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("spawn")),
+        st.tuples(st.just("notify"), st.integers(0, 3)),
+        st.tuples(st.just("notify_all")),
+        st.tuples(st.just("cancel"), st.integers(0, 63)),
+    ),
+    min_size=5,
+    max_size=30,
+)
+
+
+@SETTINGS
+@given(actions=condition_actions)
+def test_condition_matches_model_and_trio(actions):
+    program = actions + [("cancel_all",)]
+    expected = run_condition_model(program)
+    trio_observed = run_condition_real(TRIO, program)
+    observed = run_condition_real(BROOMIO, program)
+    assert trio_observed == expected, "the model disagrees with trio"
+    assert observed == trio_observed
