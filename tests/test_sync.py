@@ -939,3 +939,68 @@ def test_lock_and_semaphore_are_not_subclassable():
 
         class MyLock(Lock):  # type: ignore[misc]
             pass
+
+
+def test_capacity_limiter_survives_borrower_eq_that_cancels_the_waiter():
+    """The borrowers' __eq__ runs while the limiter serves its waiters; if it cancels the
+    very waiter being served, that waiter gets nothing and no token is lost."""
+    scope = CancelScope()
+    armed = []
+
+    class Borrower:
+        def __hash__(self):
+            return 42
+
+        def __eq__(self, other):
+            if armed:
+                scope.cancel()
+            return self is other
+
+    async def main():
+        lim = CapacityLimiter(2)
+        holder, waiting_for = Borrower(), Borrower()
+        lim.acquire_on_behalf_of_nowait(holder)  # same hash: later lookups call __eq__
+        await lim.acquire()
+        outcome = []
+
+        async def waiter():
+            with scope:
+                await lim.acquire_on_behalf_of(waiting_for)
+                outcome.append("served")
+            outcome.append(scope.cancelled_caught)
+
+        async with open_nursery() as n:
+            n.start_soon(waiter)
+            await settle()
+            armed.append(True)
+            lim.release()  # serving the waiter runs Borrower.__eq__, which cancels it
+        assert outcome == [True]
+        assert lim.borrowed_tokens == 1  # only `holder`
+        lim.release_on_behalf_of(holder)
+        assert lim.borrowed_tokens == 0
+
+    run(main)
+
+
+def test_capacity_limiter_borrower_eq_cancelling_its_own_acquire():
+    """If the borrower's __eq__ cancels the acquiring task during acquire itself, the
+    acquire raises Cancelled instead of parking a cancelled task."""
+    scope = CancelScope()
+
+    class Borrower:
+        def __hash__(self):
+            return 7
+
+        def __eq__(self, other):
+            scope.cancel()
+            return self is other
+
+    async def main():
+        lim = CapacityLimiter(1)
+        lim.acquire_on_behalf_of_nowait(Borrower())  # same hash: the next lookup calls __eq__
+        with scope:
+            await lim.acquire_on_behalf_of(Borrower())
+        assert scope.cancelled_caught
+        assert lim.borrowed_tokens == 1
+
+    run(main)

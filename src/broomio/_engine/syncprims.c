@@ -753,6 +753,12 @@ static int limiter_fresh(bro_limiter *lim, PyObject *borrower, bro_task *t, PyOb
         return BRO_SYNC_ERROR;
     if (has)
         return limiter_already_borrowing();
+    if (t->cancel_pending) {
+        /* The borrower's __hash__/__eq__ may have cancelled us since op.c checked: never
+         * park (or take a token) in a task that is already cancelled. */
+        bro_raise_cancelled(lim->st);
+        return BRO_SYNC_ERROR;
+    }
     if (limiter_has_room(lim) && lim->lot.head == NULL) {
         if (bro_budget_spend(t->loop))
             return BRO_SYNC_BUDGET;
@@ -771,29 +777,44 @@ static int limiter_fresh(bro_limiter *lim, PyObject *borrower, bro_task *t, PyOb
 
 /* Gives free tokens to the waiters, oldest first; each waiter's borrower is in its wake
  * slot.  A waiter whose borrower got a token meanwhile (two tasks acquiring on behalf of the
- * same borrower) is woken with RuntimeError instead. */
+ * same borrower) is woken with RuntimeError instead.
+ *
+ * The set operations run the borrowers' __hash__/__eq__, which may do anything, including
+ * cancelling this very waiter (which drops the borrower from its wake slot).  So the
+ * borrower and the task are held while that code runs, and the waiter is served only if it
+ * is still the first one afterwards; otherwise the token goes back and the loop starts
+ * over with the current first waiter. */
 static int limiter_serve(bro_limiter *lim)
 {
     if (limiter_has_room(lim) && check_wake_loop(&lim->lot, "CapacityLimiter") < 0)
         return -1;
     while (limiter_has_room(lim) && lim->lot.head != NULL) {
-        bro_task *w = lim->lot.head;
-        PyObject *borrower = w->wake;
+        bro_task *w = (bro_task *)Py_NewRef(lim->lot.head);
+        PyObject *borrower = Py_NewRef(w->wake);
         int has = PySet_Contains(lim->borrowers, borrower);
-        if (has < 0 || (has == 0 && PySet_Add(lim->borrowers, borrower) < 0)) {
+        int added = has == 0 ? PySet_Add(lim->borrowers, borrower) : 0;
+        int still_first = lim->lot.head == w;
+        int r = 0;
+        if (!still_first) {
+            if (has == 0 && added == 0 && PySet_Discard(lim->borrowers, borrower) < 0)
+                r = -1;
+            if (PyErr_Occurred() && r == 0)
+                r = -1;
+        } else if (has < 0 || added < 0) {
             wake_with_current_error(w);
-            continue;
-        }
-        if (has) {
-            if (wake_with_new_error(w, PyExc_RuntimeError,
+        } else if (has) {
+            r = wake_with_new_error(w, PyExc_RuntimeError,
                                     "this borrower is already holding one of this "
-                                    "CapacityLimiter's tokens") < 0)
-                return -1;
-            continue;
+                                    "CapacityLimiter's tokens");
+        } else {
+            /* The set now holds its own reference; the wake drops the waiter's. */
+            bro_lot_unlink(w);
+            bro_task_wake(w, NULL, NULL);
         }
-        /* The set now holds its own reference; the wake drops the waiter's. */
-        bro_lot_unlink(w);
-        bro_task_wake(w, NULL, NULL);
+        Py_DECREF(borrower);
+        Py_DECREF(w);
+        if (r < 0)
+            return -1;
     }
     return 0;
 }
@@ -1285,9 +1306,16 @@ static int queue_traverse(bro_queue *q, visitproc visit, void *arg)
 
 static int queue_clear(bro_queue *q)
 {
-    while (q->len > 0) {
-        PyObject *item = queue_pop(q);
-        Py_DECREF(item);
+    /* Detach the ring before releasing the items: an item's finalizer may run arbitrary
+     * code, including code that uses this queue, and must find it consistent (empty). */
+    while (q->buf != NULL) {
+        PyObject **buf = q->buf;
+        Py_ssize_t cap = q->cap, head = q->head, len = q->len;
+        q->buf = NULL;
+        q->cap = q->head = q->len = 0;
+        for (Py_ssize_t i = 0; i < len; i++)
+            Py_DECREF(buf[(head + i) & (cap - 1)]);
+        PyMem_Free(buf);
     }
     return 0;
 }
@@ -1299,7 +1327,6 @@ static void queue_dealloc(bro_queue *q)
     bro_lot_detach_all(&q->getters);
     bro_lot_detach_all(&q->putters);
     queue_clear(q);
-    PyMem_Free(q->buf);
     tp->tp_free((PyObject *)q);
     Py_DECREF(tp);
 }
