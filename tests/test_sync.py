@@ -817,9 +817,11 @@ def test_capacity_limiter_borrowing_rules():
     run(main)
 
 
-def test_capacity_limiter_acquire_honours_budget():
+def test_capacity_limiter_uncontended_acquire_does_not_suspend_and_honours_budget():
     async def main():
         lim = CapacityLimiter(10_000)
+        await assert_no_suspension(lim.acquire)
+        lim.release()
         borrowers = iter(range(10_000))
         await assert_budget_yields(lambda: lim.acquire_on_behalf_of(next(borrowers)), 10_000)
         assert lim.borrowed_tokens == 10_000
