@@ -7,6 +7,8 @@ Subcommands:
   all measured in the same run; prints a Markdown table.
 * ``echo`` -- TCP echo servers (raw C epoll, asyncio, uvloop, trio, broomio)
   under a C load generator; reports msgs/s and server CPU per message.
+* ``sync`` -- synchronization benchmarks (queue ping-pong, lock contention,
+  event fan-out), same frameworks, same machinery.
 
 More suites (e.g. ``sync``) plug in by adding a function that registers a
 sub-parser in :data:`SUBCOMMANDS`.
@@ -22,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import echo, micro
+from types import ModuleType
+
+from . import echo, micro, sync
 from ._build import BuildError, build_c_program
 from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
@@ -41,15 +45,32 @@ def _split_names(values: list[str] | None, allowed: tuple[str, ...], what: str,
     return [name for name in allowed if name in wanted]
 
 
+#: Suites sharing the runner below: a module with CASES, FRAMEWORKS and
+#: child_command(case, framework, params), and the report's title.
+_SUITES: dict[str, tuple[ModuleType, str]] = {
+    "micro": (micro, "broomio micro-benchmarks"),
+    "sync": (sync, "broomio synchronization benchmarks"),
+}
+
+
 def _add_micro(sub: Any) -> None:
+    _add_suite(sub, "micro", "scheduler micro-benchmarks (broomio vs asyncio, uvloop, trio)")
+
+
+def _add_sync(sub: Any) -> None:
+    _add_suite(sub, "sync", "queue, lock and event benchmarks (broomio vs asyncio, uvloop, trio)")
+
+
+def _add_suite(sub: Any, name: str, help_text: str) -> None:
+    suite, _ = _SUITES[name]
     p = sub.add_parser(
-        "micro",
-        help="scheduler micro-benchmarks (broomio vs asyncio, uvloop, trio)",
+        name,
+        help=help_text,
         description=(
             "Run each (benchmark, framework) pair --repeat times, each time in a fresh "
             "process, and print a Markdown table of the best results with ratios to "
             "asyncio. Benchmarks: " + ", ".join(
-                f"{c.name} ({c.title})" for c in micro.CASES.values())
+                f"{c.name} ({c.title})" for c in suite.CASES.values())
         ),
     )
     p.add_argument("--repeat", type=int, default=3, metavar="N",
@@ -58,11 +79,11 @@ def _add_micro(sub: Any) -> None:
                    help="small sizes for a CI smoke run (well under a minute)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only these benchmarks (repeatable or comma-separated): "
-                        + ", ".join(micro.CASES))
+                        + ", ".join(suite.CASES))
     p.add_argument("--frameworks", action="append", metavar="NAME",
                    help="run only these frameworks (repeatable or comma-separated; "
                         "asyncio is always included as the baseline): "
-                        + ", ".join(micro.FRAMEWORKS))
+                        + ", ".join(suite.FRAMEWORKS))
     p.add_argument("--json", type=Path, metavar="PATH",
                    help="also write every raw result to this JSON file")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S",
@@ -70,16 +91,17 @@ def _add_micro(sub: Any) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 if any case failed (results are printed anyway)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(func=_run_micro, parser=p)
+    p.set_defaults(func=_run_suite, parser=p, suite_name=name)
 
 
-def _run_micro(args: argparse.Namespace) -> int:
-    """Run the micro suite described by ``args``; print the report; return the exit code."""
+def _run_suite(args: argparse.Namespace) -> int:
+    """Run the suite described by ``args``; print the report; return the exit code."""
     parser: argparse.ArgumentParser = args.parser
+    suite, title = _SUITES[args.suite_name]
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    cases = _split_names(args.only, tuple(micro.CASES), "benchmark", parser)
-    frameworks = _split_names(args.frameworks, micro.FRAMEWORKS, "framework", parser)
+    cases = _split_names(args.only, tuple(suite.CASES), "benchmark", parser)
+    frameworks = _split_names(args.frameworks, suite.FRAMEWORKS, "framework", parser)
     if "asyncio" not in frameworks:
         frameworks.insert(0, "asyncio")
 
@@ -88,7 +110,7 @@ def _run_micro(args: argparse.Namespace) -> int:
             print(msg, end=end, file=sys.stderr, flush=True)
 
     results = {
-        (case, fw): Aggregate(micro.CASES[case].higher_is_better)
+        (case, fw): Aggregate(suite.CASES[case].higher_is_better)
         for case in cases for fw in frameworks
     }
     total = args.repeat * len(results)
@@ -98,7 +120,7 @@ def _run_micro(args: argparse.Namespace) -> int:
     # slow drift of the machine's speed spreads over all frameworks evenly.
     for rep in range(1, args.repeat + 1):
         for case in cases:
-            spec = micro.CASES[case]
+            spec = suite.CASES[case]
             params = spec.quick if args.quick else spec.full
             for fw in frameworks:
                 step += 1
@@ -108,7 +130,7 @@ def _run_micro(args: argparse.Namespace) -> int:
                     progress(f"{tag}: skipped (failed before)")
                     continue
                 progress(f"{tag} ... ", end="")
-                outcome = run_child(micro.child_command(case, fw, params), args.timeout)
+                outcome = run_child(suite.child_command(case, fw, params), args.timeout)
                 agg.add(outcome)
                 if outcome.record is not None:
                     value = format_value(spec.kind, float(outcome.record["value"]))
@@ -120,17 +142,18 @@ def _run_micro(args: argparse.Namespace) -> int:
     meta = machine_info(frameworks)
     as_json = {key: agg.to_json() for key, agg in results.items()}
     print(render_micro_report(as_json, cases, frameworks, meta,
-                              quick=args.quick, repeat=args.repeat))
+                              quick=args.quick, repeat=args.repeat,
+                              specs=suite.CASES, title=title))
 
     if args.json is not None:
         payload = {
-            "suite": "micro",
+            "suite": args.suite_name,
             "meta": meta,
             "config": {"repeat": args.repeat, "quick": args.quick, "timeout": args.timeout,
                        "cases": cases, "frameworks": frameworks},
             "results": [
-                {"case": case, "framework": fw, "unit": micro.CASES[case].unit,
-                 "higher_is_better": micro.CASES[case].higher_is_better, **as_json[(case, fw)]}
+                {"case": case, "framework": fw, "unit": suite.CASES[case].unit,
+                 "higher_is_better": suite.CASES[case].higher_is_better, **as_json[(case, fw)]}
                 for case, fw in results
             ],
         }
@@ -284,7 +307,7 @@ def _run_echo(args: argparse.Namespace) -> int:
 
 
 #: Sub-parser registrations, one per suite.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_echo]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_echo]
 
 
 def main(argv: list[str] | None = None) -> int:

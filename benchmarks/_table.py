@@ -147,17 +147,22 @@ def render_micro_report(
     quick: bool,
     repeat: int,
     baseline_name: str = "asyncio",
+    specs: Mapping[str, CaseSpec] | None = None,
+    title: str = "broomio micro-benchmarks",
 ) -> str:
-    """Render the full Markdown report for ``python -m benchmarks micro``.
+    """Render the full Markdown report for ``python -m benchmarks micro`` (or another
+    suite whose cases are ``specs``, e.g. ``benchmarks.sync.CASES``).
 
     ``results[(case, framework)]`` holds ``best`` (a child record or None),
     ``runs`` (successful records) and ``errors`` (strings).
     """
+    if specs is None:
+        specs = CASES
     headers = ["benchmark", *frameworks]
     rows: list[list[str]] = []
     target_lines: list[str] = []
     for case in cases:
-        spec = CASES[case]
+        spec = specs[case]
         params = Params(**next(
             (r["best"]["params"] for r in (results.get((case, fw), {}) for fw in frameworks)
              if r.get("best")),
@@ -189,7 +194,7 @@ def render_micro_report(
         else:
             target_lines.append(f"- {spec.title}: {spec.target}")
 
-    out = ["## broomio micro-benchmarks", ""]
+    out = [f"## {title}", ""]
     out.append(
         f"Python {meta.get('python', '?')} on {meta.get('platform', '?')}, "
         f"{meta.get('cpus', '?')} CPUs ({meta.get('cpu_model', 'unknown CPU')}). "

@@ -42,7 +42,12 @@ async def server(address: tuple[str, int], task_status: Any = None) -> None:
             nursery.start_soon(echo_handler, conn, addr)
 
 
+# Connections the server is handling (the demo waits for them before stopping it).
+open_connections: set[tuple[str, int]] = set()
+
+
 async def echo_handler(sock: bsocket.socket, addr: tuple[str, int]) -> None:
+    open_connections.add(addr)
     with sock:
         try:
             await sock.send_all(b"Welcome to the server pal!\n")
@@ -57,6 +62,7 @@ async def echo_handler(sock: bsocket.socket, addr: tuple[str, int]) -> None:
         except ConnectionError as exc:  # the client went away rudely: only this one ends
             logging.info(f"{addr}: {exc!r}")
     logging.info(f"Connection from {addr} closed")
+    open_connections.discard(addr)
 
 
 async def recv_exactly(sock: bsocket.socket, n: int) -> bytes:
@@ -87,6 +93,9 @@ async def demo() -> None:
         async with broomio.open_nursery() as clients:
             for i in range(3):
                 clients.start_soon(demo_client, i, address)
+        with broomio.fail_after(10):  # let the server see every client leave
+            while open_connections:
+                await broomio.sleep(0.01)
         nursery.cancel()  # stop the server
     print("demo finished")
 

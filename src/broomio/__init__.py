@@ -43,8 +43,13 @@ from ._engine import (
     BusyResourceError,
     Cancelled,
     CancelScope,
+    CapacityLimiter,
     ClosedResourceError,
+    Event,
     IncompleteReadError,
+    Lock,
+    Queue,
+    Semaphore,
     Task,
     TaskCancelled,
     WouldBlock,
@@ -57,6 +62,7 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._sync import Condition
 
 __version__ = "0.1.0"
 
@@ -65,13 +71,19 @@ __all__ = [
     "BusyResourceError",
     "CancelScope",
     "Cancelled",
+    "CapacityLimiter",
     "ClosedResourceError",
+    "Condition",
+    "Event",
     "IncompleteReadError",
+    "Lock",
     "Loop",
     "Nursery",
     "SocketListener",
     "SocketStream",
     "TLSStream",
+    "Queue",
+    "Semaphore",
     "Task",
     "TaskCancelled",
     "TaskStatus",

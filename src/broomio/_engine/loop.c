@@ -348,11 +348,44 @@ static int poll_timeout_ms(bro_loop *loop)
     return ms > 86400000.0 ? 86400000 : (int)ms;
 }
 
+/* Waits for I/O (without the GIL) and dispatches what is ready; sets *woken if another
+ * thread woke the loop. */
+static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *woken)
+{
+    int timeout = poll_timeout_ms(loop);
+    int count, err;
+    Py_BEGIN_ALLOW_THREADS count =
+        bro_poller_wait(loop->poller, timeout, events, max_events, woken);
+    err = errno;
+    Py_END_ALLOW_THREADS if (count < 0)
+    {
+        if (err != EINTR) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        count = 0;
+    }
+    loop->now = bro_monotonic();
+    return dispatch_events(loop, events, count);
+}
+
+/* While tasks are runnable the poll has timeout 0 and usually finds nothing, yet it costs a
+ * system call and a GIL hand-off: with one or two runnable tasks (a producer and a consumer,
+ * a lock handed from task to task) it was most of the cost of every task switch.  So a busy
+ * loop polls once at least BRO_POLL_STEPS task steps have run since the last poll; an I/O
+ * event waits at most that many steps longer.  Timers, the cross-thread inbox and signals are
+ * still checked every iteration (a clock read and two flag loads), and an idle loop polls
+ * (and blocks) at once. */
+#define BRO_POLL_STEPS 64
+
 static int run_iterations(bro_loop *loop)
 {
     bro_poll_event events[256];
+    Py_ssize_t steps_since_poll = 0;
     while (loop->live_tasks > 0) {
         Py_ssize_t n = loop->ring_len;
+        steps_since_poll += n;
         while (n-- > 0) {
             bro_task *t = (bro_task *)ready_pop(loop);
             int r = 0;
@@ -365,21 +398,14 @@ static int run_iterations(bro_loop *loop)
         if (loop->live_tasks == 0)
             break;
 
-        int timeout = poll_timeout_ms(loop);
-        int woken = 0, count, err;
-        Py_BEGIN_ALLOW_THREADS count = bro_poller_wait(loop->poller, timeout, events, 256, &woken);
-        err = errno;
-        Py_END_ALLOW_THREADS if (count < 0)
-        {
-            if (err != EINTR) {
-                errno = err;
-                PyErr_SetFromErrno(PyExc_OSError);
+        int woken = 0;
+        if (loop->ring_len == 0 || steps_since_poll >= BRO_POLL_STEPS) {
+            steps_since_poll = 0;
+            if (poll_io(loop, events, 256, &woken) < 0)
                 return -1;
-            }
-            count = 0;
+        } else if (loop->heap.len > 0) {
+            loop->now = bro_monotonic(); /* only fire_timers() reads it */
         }
-        loop->now = bro_monotonic();
-        dispatch_events(loop, events, count);
         if (woken || atomic_load(&loop->inbox_pending)) {
             if (inbox_drain(loop) < 0 && loop_interrupted(loop) < 0)
                 return -1;

@@ -48,6 +48,14 @@ struct bro_loop {
 };
 
 int bro_ready_push(bro_loop *loop, PyObject *obj);
+
+/* A fast-path completion (an await that finishes without waiting) spends one unit of the
+ * step's budget; once it is spent the awaitable yields first, so a task whose operations
+ * always succeed cannot starve the others.  True when the caller must yield. */
+static inline int bro_budget_spend(bro_loop *loop)
+{
+    return --loop->budget < 0;
+}
 int bro_loop_check_usable(bro_loop *loop);
 /* Wakes fd's waiters with ClosedResourceError, drops its epoll registration and clears its
  * slot, so the next file with the same number starts clean (fdtable.c). */

@@ -158,8 +158,8 @@ static int module_exec(PyObject *module)
         return -1;
     if (bro_task_init_types(module, st) < 0 || bro_op_init_types(module, st) < 0 ||
         bro_scope_init_types(module, st) < 0 || bro_nursery_init_types(module, st) < 0 ||
-        bro_lot_init_types(module, st) < 0 || bro_loop_init_types(module, st) < 0 ||
-        bro_sock_init_types(module, st) < 0)
+        bro_lot_init_types(module, st) < 0 || bro_syncprims_init_types(module, st) < 0 ||
+        bro_loop_init_types(module, st) < 0 || bro_sock_init_types(module, st) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "BUDGET", BRO_BUDGET) < 0)
         return -1;
@@ -177,6 +177,11 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->lot_type);
     Py_VISIT(st->socket_type);
     Py_VISIT(st->sockop_type);
+    Py_VISIT(st->event_type);
+    Py_VISIT(st->lock_type);
+    Py_VISIT(st->semaphore_type);
+    Py_VISIT(st->limiter_type);
+    Py_VISIT(st->queue_type);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -199,6 +204,11 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->lot_type);
     Py_CLEAR(st->socket_type);
     Py_CLEAR(st->sockop_type);
+    Py_CLEAR(st->event_type);
+    Py_CLEAR(st->lock_type);
+    Py_CLEAR(st->semaphore_type);
+    Py_CLEAR(st->limiter_type);
+    Py_CLEAR(st->queue_type);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);
@@ -234,7 +244,8 @@ static PyModuleDef_Slot module_slots[] = {
 PyModuleDef bro_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "broomio._engine",
-    .m_doc = "broomio's C engine: loop, tasks, timers, poller, cancel scopes, nurseries.",
+    .m_doc = "broomio's C engine: loop, tasks, timers, poller, cancel scopes, nurseries, "
+             "synchronization primitives.",
     .m_size = sizeof(bro_state),
     .m_methods = module_functions,
     .m_slots = module_slots,

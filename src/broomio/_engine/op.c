@@ -1,5 +1,5 @@
 /*
- * op.c -- the engine's awaitable: sleep, checkpoints, parking, joins, fd waits.
+ * op.c -- the engine's awaitable: sleep, checkpoints, parking, joins, fd waits, sync ops.
  *
  * One C type serves every engine wait; `kind` says which.  An op is its own iterator
  * (am_await returns self) and does its work in am_send, which CPython 3.11's SEND opcode
@@ -18,6 +18,11 @@
  * does not call am_send (3.12+ call tp_iternext when sending None, which is all the engine
  * ever sends).
  *
+ * Synchronization primitives (OP_SYNC, syncprims.c) use the same machinery: this file keeps
+ * the protocol (cancellation check, budget yield, parking, resuming) and asks
+ * bro_sync_fresh() whether the operation completes, parks or must yield first.  A put's item
+ * or a limiter's borrower travels in `arg` until the operation completes or parks.
+ *
  * Allocation: sleep(0) in a loop would allocate one op per call.  Each loop keeps a few ops
  * in op_cache; an op whose only reference is the cache's is idle and is reused, so steady
  * state allocates nothing.  An op holds a strong reference to its target (the task to join,
@@ -30,6 +35,7 @@
 #include "poll.h"
 #include "scope.h"
 #include "sync.h"
+#include "syncprims.h"
 #include "task.h"
 
 enum {
@@ -40,6 +46,8 @@ enum {
     OP_CHILDREN,
     OP_FD,
     OP_SUSPEND,
+    OP_SYNC,   /* a synchronization primitive's operation (sub); see syncprims.c */
+    OP_RETURN, /* returns None at once: what __aexit__ hands back after a release */
 };
 
 enum { OP_FRESH, OP_PARKED, OP_DONE, OP_BUDGET };
@@ -49,14 +57,34 @@ typedef struct {
     uint8_t state;
     uint8_t absolute; /* OP_SLEEP: value is a deadline, not a duration */
     uint8_t dir;      /* OP_FD: BRO_READABLE or BRO_WRITABLE */
+    uint8_t sub;      /* OP_SYNC: which operation (BRO_SYNC_*) */
     int fd;
     double value;
     PyObject *target;
-    bro_lot *lot; /* OP_LOT: points into target */
+    /* One slot for two kinds, because every sleeping task holds an op: OP_SYNC's argument
+     * (the item to put, the borrower; strong, released once the op is done) or OP_LOT's lot
+     * (borrowed, points into target).  op_release_extra() knows which. */
+    union {
+        PyObject *arg;
+        bro_lot *lot;
+    };
 } bro_op;
 
-static const char *op_names[] = {"checkpoint",   "sleep",   "park",   "join",
-                                 "nursery wait", "fd wait", "suspend"};
+static void op_release_extra(bro_op *op)
+{
+    if (op->kind == OP_SYNC)
+        Py_CLEAR(op->arg);
+    else
+        op->lot = NULL;
+}
+
+static const char *op_names[] = {"checkpoint", "sleep",   "park",    "join",     "nursery wait",
+                                 "fd wait",    "suspend", "sync op", "__aexit__"};
+
+static const char *op_name(bro_op *op)
+{
+    return op->kind == OP_SYNC ? bro_sync_name(op->sub) : op_names[op->kind];
+}
 
 static PyObject *op_alloc(bro_state *st, int kind)
 {
@@ -67,7 +95,9 @@ static PyObject *op_alloc(bro_state *st, int kind)
             if (cached != NULL && Py_REFCNT(cached) == 1) {
                 bro_op *op = (bro_op *)cached;
                 Py_CLEAR(op->target);
+                op_release_extra(op);
                 op->kind = (uint8_t)kind;
+                op->sub = 0;
                 op->state = OP_FRESH;
                 op->absolute = 0;
                 op->fd = -1;
@@ -83,9 +113,11 @@ static PyObject *op_alloc(bro_state *st, int kind)
     op->state = OP_FRESH;
     op->absolute = 0;
     op->dir = 0;
+    op->sub = 0;
     op->fd = -1;
     op->value = 0;
     op->target = NULL;
+    op->arg = NULL;
     op->lot = NULL;
     PyObject_GC_Track(op);
     if (loop != NULL) {
@@ -123,7 +155,7 @@ static PySendResult op_park(bro_op *op, bro_task *t, int wait, int abortable, Py
  * yields first, so a task whose operations always succeed cannot starve the others. */
 static inline int op_budget_spent(bro_loop *loop)
 {
-    return --loop->budget < 0;
+    return bro_budget_spend(loop);
 }
 
 static PySendResult op_join_outcome(bro_task *target, PyObject **res)
@@ -164,13 +196,35 @@ static PySendResult op_fd_fresh(bro_op *op, bro_task *t, PyObject **res)
     return op_park(op, t, BRO_WAIT_FD, 1, res);
 }
 
+static PySendResult op_sync_fresh(bro_op *op, bro_task *t, PyObject **res)
+{
+    switch (bro_sync_fresh(op->sub, op->target, op->arg, t, res)) {
+    case BRO_SYNC_DONE:
+        op->state = OP_DONE;
+        Py_CLEAR(op->arg);
+        return PYGEN_RETURN;
+    case BRO_SYNC_PARKED:
+        /* Whatever the waiter brings (a putter's item, a borrower) now sits in t->wake. */
+        Py_CLEAR(op->arg);
+        return op_park(op, t, BRO_WAIT_LOT, 1, res);
+    case BRO_SYNC_BUDGET:
+        /* Keep the argument: the operation is tried again after the yield. */
+        return op_reschedule(op, t, OP_BUDGET, res);
+    default:
+        op->state = OP_DONE;
+        Py_CLEAR(op->arg);
+        return PYGEN_ERROR;
+    }
+}
+
 static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
 {
     bro_loop *loop = t->loop;
     bro_state *st = loop->st;
     bro_task_void_stale_wait(t);
-    if (op->kind != OP_CHILDREN && t->cancel_pending) {
+    if (op->kind != OP_CHILDREN && op->kind != OP_RETURN && t->cancel_pending) {
         op->state = OP_DONE;
+        op_release_extra(op);
         bro_raise_cancelled(st);
         return PYGEN_ERROR;
     }
@@ -231,6 +285,12 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
         t->wake_failed = 0;
         return op_park(op, t, BRO_WAIT_EXTERNAL, abortable, res);
     }
+    case OP_SYNC:
+        return op_sync_fresh(op, t, res);
+    case OP_RETURN:
+        op->state = OP_DONE;
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
     }
     PyErr_SetString(PyExc_SystemError, "broomio: unknown awaitable kind");
     return PYGEN_ERROR;
@@ -243,6 +303,13 @@ static PySendResult op_resume(bro_op *op, bro_task *t, PyObject **res)
         PyObject *exc = t->wake;
         t->wake = NULL;
         t->wake_failed = 0;
+        if (op->kind == OP_SYNC && op->sub == BRO_SYNC_QUEUE_NEXT &&
+            PyObject_TypeCheck(exc, (PyTypeObject *)t->loop->st->ClosedResourceError)) {
+            /* The queue was closed while `async for` waited on it empty: the loop ends. */
+            Py_DECREF(exc);
+            PyErr_SetNone(PyExc_StopAsyncIteration);
+            return PYGEN_ERROR;
+        }
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
         return PYGEN_ERROR;
@@ -266,8 +333,7 @@ static PySendResult op_step(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res
     bro_loop *loop = bro_running_loop;
     bro_task *t = loop ? loop->current : NULL;
     if (op->state == OP_DONE) {
-        PyErr_Format(PyExc_RuntimeError, "cannot reuse an already awaited broomio %s",
-                     op_names[op->kind]);
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse an already awaited broomio %s", op_name(op));
         return PYGEN_ERROR;
     }
     if (t == NULL) {
@@ -275,7 +341,7 @@ static PySendResult op_step(bro_op *op, PyObject *Py_UNUSED(arg), PyObject **res
         PyErr_Format(PyExc_RuntimeError,
                      "broomio's %s must be awaited inside a task run by a broomio loop (is "
                      "another event loop, such as asyncio, running this coroutine?)",
-                     op_names[op->kind]);
+                     op_name(op));
         return PYGEN_ERROR;
     }
     switch (op->state) {
@@ -296,7 +362,7 @@ static PySendResult op_send(bro_op *op, PyObject *arg, PyObject **res)
      * alive while it sits idle in the loop's cache. */
     if (op->state == OP_DONE) {
         Py_CLEAR(op->target);
-        op->lot = NULL;
+        op_release_extra(op);
     }
     return r;
 }
@@ -387,6 +453,7 @@ static PyObject *op_throw(bro_op *op, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *op_close(bro_op *op, PyObject *Py_UNUSED(ignored))
 {
     op->state = OP_DONE;
+    op_release_extra(op);
     Py_RETURN_NONE;
 }
 
@@ -399,13 +466,15 @@ static int op_traverse(bro_op *op, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(op->target);
+    if (op->kind == OP_SYNC)
+        Py_VISIT(op->arg);
     return 0;
 }
 
 static int op_clear(bro_op *op)
 {
     Py_CLEAR(op->target);
-    op->lot = NULL;
+    op_release_extra(op);
     return 0;
 }
 
@@ -420,7 +489,7 @@ static void op_dealloc(bro_op *op)
 
 static PyObject *op_repr(bro_op *op)
 {
-    return PyUnicode_FromFormat("<broomio %s awaitable>", op_names[op->kind]);
+    return PyUnicode_FromFormat("<broomio %s awaitable>", op_name(op));
 }
 
 static PyMethodDef op_methods[] = {
@@ -606,4 +675,20 @@ PyObject *bro_op_park(bro_state *st, PyObject *owner, bro_lot *lot)
         op->lot = lot;
     }
     return (PyObject *)op;
+}
+
+PyObject *bro_op_sync(bro_state *st, int sub, PyObject *prim, PyObject *arg)
+{
+    bro_op *op = (bro_op *)op_alloc(st, OP_SYNC);
+    if (op != NULL) {
+        op->sub = (uint8_t)sub;
+        op->target = Py_NewRef(prim);
+        op->arg = Py_XNewRef(arg);
+    }
+    return (PyObject *)op;
+}
+
+PyObject *bro_op_return(bro_state *st)
+{
+    return op_alloc(st, OP_RETURN);
 }

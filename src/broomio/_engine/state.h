@@ -32,6 +32,11 @@ typedef struct {
     PyTypeObject *lot_type;
     PyTypeObject *socket_type;
     PyTypeObject *sockop_type;
+    PyTypeObject *event_type;
+    PyTypeObject *lock_type;
+    PyTypeObject *semaphore_type;
+    PyTypeObject *limiter_type;
+    PyTypeObject *queue_type;
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -72,6 +77,7 @@ int bro_scope_init_types(PyObject *module, bro_state *st);
 int bro_nursery_init_types(PyObject *module, bro_state *st);
 int bro_lot_init_types(PyObject *module, bro_state *st);
 int bro_sock_init_types(PyObject *module, bro_state *st);
+int bro_syncprims_init_types(PyObject *module, bro_state *st);
 
 /* Parses a number of seconds (int or float, not NaN) with errors naming fname/argname. */
 int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);

@@ -71,6 +71,11 @@ typedef struct {
     PyObject_HEAD bro_lot lot;
 } bro_lot_object;
 
+bro_lot *bro_lot_object_lot(PyObject *parking_lot)
+{
+    return &((bro_lot_object *)parking_lot)->lot;
+}
+
 static PyObject *lotobj_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {

@@ -23,5 +23,7 @@ void bro_lot_unlink(bro_task *t);
 Py_ssize_t bro_lot_unpark(bro_lot *lot, Py_ssize_t n, PyObject *value);
 /* Detaches every task without waking it (the owner is being destroyed). */
 void bro_lot_detach_all(bro_lot *lot);
+/* The lot inside a lowlevel.ParkingLot object (the caller has checked its type). */
+bro_lot *bro_lot_object_lot(PyObject *parking_lot);
 
 #endif
