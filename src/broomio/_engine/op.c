@@ -56,8 +56,10 @@ typedef struct {
     PyObject_HEAD uint8_t kind;
     uint8_t state;
     uint8_t absolute; /* OP_SLEEP: value is a deadline, not a duration */
-    uint8_t dir;      /* OP_FD: BRO_READABLE or BRO_WRITABLE */
-    uint8_t sub;      /* OP_SYNC: which operation (BRO_SYNC_*) */
+    union {           /* one byte for two kinds: every sleeping task holds an op */
+        uint8_t dir;  /* OP_FD: BRO_READABLE or BRO_WRITABLE */
+        uint8_t sub;  /* OP_SYNC: which operation (BRO_SYNC_*) */
+    };
     int fd;
     double value;
     PyObject *target;
