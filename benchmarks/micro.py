@@ -303,7 +303,35 @@ class UvloopDriver(AsyncioDriver):
         return self._uvloop.new_event_loop
 
 
-class TrioDriver(Driver):
+class NurseryDriver(Driver):
+    """A trio-style library: ``lib.run(main)``, ``lib.open_nursery()``, ``lib.sleep``."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib: Any = lib
+        self.sleep = lib.sleep
+
+    def run(self, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        return self._lib.run(main)
+
+    async def spawn_and_join(self, fn: AsyncFn, args: tuple[Any, ...], count: int) -> None:
+        async with self._lib.open_nursery() as nursery:
+            start = nursery.start_soon
+            for _ in range(count):
+                start(fn, *args)
+
+    async def spawn_and_park(
+        self, fn: AsyncFn, args: tuple[Any, ...], count: int, on_parked: Callable[[], None]
+    ) -> None:
+        async with self._lib.open_nursery() as nursery:
+            start = nursery.start_soon
+            for _ in range(count):
+                start(fn, *args)
+            await self.wait_until_parked(count)
+            on_parked()
+            nursery.cancel_scope.cancel()
+
+
+class TrioDriver(NurseryDriver):
     """trio with a nursery."""
 
     name = "trio"
@@ -311,31 +339,10 @@ class TrioDriver(Driver):
     def __init__(self) -> None:
         import trio  # type: ignore[import-untyped, unused-ignore]
 
-        self._trio: Any = trio
-        self.sleep = trio.sleep
-
-    def run(self, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        return self._trio.run(main)
-
-    async def spawn_and_join(self, fn: AsyncFn, args: tuple[Any, ...], count: int) -> None:
-        async with self._trio.open_nursery() as nursery:
-            start = nursery.start_soon
-            for _ in range(count):
-                start(fn, *args)
-
-    async def spawn_and_park(
-        self, fn: AsyncFn, args: tuple[Any, ...], count: int, on_parked: Callable[[], None]
-    ) -> None:
-        async with self._trio.open_nursery() as nursery:
-            start = nursery.start_soon
-            for _ in range(count):
-                start(fn, *args)
-            await self.wait_until_parked(count)
-            on_parked()
-            nursery.cancel_scope.cancel()
+        super().__init__(trio)
 
 
-class BroomioDriver(Driver):
+class BroomioDriver(NurseryDriver):
     """broomio with a nursery, run by ``broomio.run``."""
 
     name = "broomio"
@@ -343,28 +350,7 @@ class BroomioDriver(Driver):
     def __init__(self) -> None:
         import broomio  # type: ignore[import-not-found, unused-ignore]
 
-        self._broomio: Any = broomio
-        self.sleep = broomio.sleep
-
-    def run(self, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        return self._broomio.run(main)
-
-    async def spawn_and_join(self, fn: AsyncFn, args: tuple[Any, ...], count: int) -> None:
-        async with self._broomio.open_nursery() as nursery:
-            start = nursery.start_soon
-            for _ in range(count):
-                start(fn, *args)
-
-    async def spawn_and_park(
-        self, fn: AsyncFn, args: tuple[Any, ...], count: int, on_parked: Callable[[], None]
-    ) -> None:
-        async with self._broomio.open_nursery() as nursery:
-            start = nursery.start_soon
-            for _ in range(count):
-                start(fn, *args)
-            await self.wait_until_parked(count)
-            on_parked()
-            nursery.cancel_scope.cancel()
+        super().__init__(broomio)
 
 
 _DRIVERS: dict[str, Callable[[], Driver]] = {

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from . import socket as bsocket
 from ._core import Nursery, move_on_after, open_nursery
 from ._engine import (
+    Event,
     BrokenResourceError,
     BusyResourceError,
     ClosedResourceError,
@@ -59,30 +60,6 @@ _log = logging.getLogger("broomio.serve")
 
 # ---------------------------------------------------------------------------
 # small internal helpers
-
-
-class _Flag:
-    """A one-shot event: ``set()`` wakes every ``wait()``er (internal)."""
-
-    __slots__ = ("_lot", "_set")
-
-    def __init__(self) -> None:
-        self._lot = ParkingLot()
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-        self._lot.unpark_all()
-
-    def is_set(self) -> bool:
-        return self._set
-
-    async def wait(self) -> None:
-        if self._set:
-            await checkpoint()
-            return
-        while not self._set:
-            await self._lot.park()
 
 
 class _ConflictDetector:
@@ -669,7 +646,7 @@ async def open_tcp_stream(
     winner: bsocket.socket | None = None
     errors: list[OSError] = []
 
-    async def attempt(target: Any, failed: _Flag, nursery: Nursery) -> None:
+    async def attempt(target: Any, failed: Event, nursery: Nursery) -> None:
         nonlocal winner
         family, type_, proto, _, sockaddr = target
         try:
@@ -704,7 +681,7 @@ async def open_tcp_stream(
     try:
         async with open_nursery() as nursery:
             for target in targets:
-                failed = _Flag()
+                failed = Event()
                 nursery.start_soon(attempt, target, failed, nursery)
                 with move_on_after(delay):
                     await failed.wait()

@@ -535,7 +535,7 @@ static bro_state *state_of(PyObject *module)
     return (bro_state *)PyModule_GetState(module);
 }
 
-static int parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
+int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
 {
     double d;
     if (PyFloat_CheckExact(arg)) {
@@ -562,15 +562,10 @@ static int parse_seconds(PyObject *arg, const char *fname, const char *argname, 
     return 0;
 }
 
-int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out)
-{
-    return parse_seconds(arg, fname, argname, out);
-}
-
 PyObject *bro_mod_sleep(PyObject *module, PyObject *arg)
 {
     double d;
-    if (parse_seconds(arg, "sleep", "seconds", &d) < 0)
+    if (bro_parse_seconds(arg, "sleep", "seconds", &d) < 0)
         return NULL;
     if (d < 0) {
         PyErr_Format(PyExc_ValueError, "sleep() argument 'seconds' must be non-negative, got %R",
@@ -586,7 +581,7 @@ PyObject *bro_mod_sleep(PyObject *module, PyObject *arg)
 PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg)
 {
     double d;
-    if (parse_seconds(arg, "sleep_until", "deadline", &d) < 0)
+    if (bro_parse_seconds(arg, "sleep_until", "deadline", &d) < 0)
         return NULL;
     bro_op *op = (bro_op *)op_alloc(state_of(module), OP_SLEEP);
     if (op != NULL) {
