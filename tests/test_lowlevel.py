@@ -714,3 +714,69 @@ def test_call_soon_threadsafe_exception_goes_to_unraisablehook(monkeypatch):
     assert len(reports) == 1
     assert type(reports[0]) is ValueError
     assert str(reports[0]) == "callback failed"
+
+
+def test_suspend_and_reschedule_deliver_value_and_exception():
+    from broomio.lowlevel import suspend
+
+    async def main():
+        loop = broomio.current_loop()
+        me = broomio.current_task()
+
+        async def waker(value=None, exception=None):
+            await broomio.sleep(0.01)
+            if exception is not None:
+                loop.reschedule(me, exception=exception)
+            else:
+                loop.reschedule(me, value)
+
+        async with broomio.open_nursery() as n:
+            n.start_soon(waker, "v")
+            got = await suspend()
+            n.start_soon(waker, None, KeyError("k"))
+            with pytest.raises(KeyError):
+                await suspend()
+        return got
+
+    assert run(main) == "v"
+
+
+def test_suspend_abort_fn_decides_cancellation():
+    from broomio.lowlevel import suspend
+
+    calls = []
+
+    async def main():
+        loop = broomio.current_loop()
+        me = broomio.current_task()
+        with broomio.move_on_after(0.02) as scope:
+            await suspend(lambda: calls.append("abort") or True)
+        refused = []
+
+        async def waker():
+            await broomio.sleep(0.05)
+            loop.reschedule(me, "finished anyway")
+
+        async with broomio.open_nursery() as n:
+            n.start_soon(waker)
+            with broomio.move_on_after(0.01):
+                # The abort function refuses: the wait completes normally.
+                refused.append(await suspend(lambda: calls.append("refuse") and False))
+        return scope.cancelled_caught, refused
+
+    assert run(main) == (True, ["finished anyway"])
+    assert calls == ["abort", "refuse"]
+
+
+def test_reschedule_misuse_is_a_clear_error():
+    async def main():
+        loop = broomio.current_loop()
+        with pytest.raises(RuntimeError, match="not suspended"):
+            loop.reschedule(broomio.current_task())
+        with pytest.raises(TypeError):
+            loop.reschedule("not a task")
+        with pytest.raises(TypeError):
+            broomio.lowlevel.suspend(42)
+        return "ok"
+
+    assert run(main) == "ok"
