@@ -92,12 +92,76 @@ def test_receive_some_validates_max_bytes():
     async def main():
         a, b = await unix_stream_pair()
         async with a, b:
-            with pytest.raises(ValueError):
-                await a.receive_some(0)
+            for bad, exc in ((0, ValueError), (-5, ValueError), ("10", TypeError),
+                             (1.5, TypeError), (True, TypeError), (2**70, OverflowError)):
+                with pytest.raises(exc):
+                    await a.receive_some(bad)
+                with pytest.raises(exc):  # keyword form
+                    await a.receive_some(max_bytes=bad)
             with pytest.raises(TypeError):
-                await a.receive_some("10")
+                a.receive_some(1, 2)
+            with pytest.raises(TypeError):
+                a.receive_some(max_bytes=1, other=2)
+            with pytest.raises(TypeError):
+                a.receive_some(size=1)
+            await b.send_all(b"abcdef")
+            assert await a.receive_some(max_bytes=2) == b"ab"
+            assert await a.read_exactly(1) == b"c"
 
     run(main)
+
+
+def test_receive_some_with_buffered_data_honours_max_bytes_and_errors():
+    async def main():
+        a, b = await unix_stream_pair()
+        async with a, b:
+            await b.send_all(b"x\nyz")
+            assert await a.read_line() == b"x\n"
+            while len(a._buffer) < 2:  # the rest of the first read stays buffered
+                a._buffer += await a.socket.recv(10)
+            with pytest.raises(ValueError):
+                await a.receive_some(0)
+            assert await a.receive_some(1) == b"y"
+            assert await a.receive_some(None) == b"z"
+
+    run(main)
+
+
+def test_stream_buffer_only_accepts_a_bytearray():
+    async def main():
+        a, b = await unix_stream_pair()
+        async with a, b:
+            with pytest.raises(TypeError):
+                a._buffer = b"bytes"
+            with pytest.raises(TypeError):
+                del a._buffer
+            await b.send_all(b"ok")
+            assert await a.receive_some() == b"ok"
+
+    run(main)
+
+
+def test_send_all_while_send_eof_runs_is_busy():
+    async def main():
+        a, b = await unix_stream_pair()
+        async with a, b:
+            with a._send_conflict:  # what send_eof holds while it shuts the socket down
+                with pytest.raises(BusyResourceError):
+                    a.send_all(b"x")
+            await a.send_all(b"after")
+            assert await b.read_exactly(5) == b"after"
+
+    run(main)
+
+
+def test_stream_core_without_init_raises_instead_of_crashing():
+    stream = SocketStream.__new__(SocketStream)
+    with pytest.raises(RuntimeError):
+        stream.receive_some()
+    with pytest.raises(RuntimeError):
+        stream.send_all(b"x")
+    with pytest.raises((RuntimeError, AttributeError)):
+        stream._buffer
 
 
 def test_stream_requires_a_broomio_stream_socket():

@@ -29,10 +29,11 @@ from ._core import Nursery, move_on_after, open_nursery
 from ._engine import (
     Event,
     BrokenResourceError,
-    BusyResourceError,
     ClosedResourceError,
+    ConflictDetector,
     IncompleteReadError,
     ParkingLot,
+    StreamCore,
     checkpoint,
     current_effective_deadline,
     sleep,
@@ -60,24 +61,6 @@ _log = logging.getLogger("broomio.serve")
 
 # ---------------------------------------------------------------------------
 # small internal helpers
-
-
-class _ConflictDetector:
-    """Raises BusyResourceError when two tasks use one direction of a stream at once."""
-
-    __slots__ = ("_busy", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._busy = False
-        self._message = message
-
-    def __enter__(self) -> None:
-        if self._busy:
-            raise BusyResourceError(self._message)
-        self._busy = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._busy = False
 
 
 async def _checkpoint_if_cancelled() -> None:
@@ -134,11 +117,11 @@ class BufferedReceiveMixin:
     """
 
     _buffer: bytearray
-    _receive_conflict: _ConflictDetector
+    _receive_conflict: ConflictDetector
 
     def _init_buffer(self) -> None:
         self._buffer = bytearray()
-        self._receive_conflict = _ConflictDetector(
+        self._receive_conflict = ConflictDetector(
             "another task is already receiving on this stream"
         )
 
@@ -249,25 +232,31 @@ class BufferedReceiveMixin:
         return data
 
 
-class SocketStream(BufferedReceiveMixin):
+class SocketStream(StreamCore, BufferedReceiveMixin):
     """A byte stream over a connected ``broomio.socket`` stream socket.
 
     ``receive_some`` returns ``b''`` at EOF; ``OSError``s (ECONNRESET, EPIPE, ...) become
     ``BrokenResourceError``; any operation after ``aclose()`` raises ``ClosedResourceError``.
     One task may send while another receives; two tasks receiving (or sending) at the same
     time get ``BusyResourceError``.  TCP streams get ``TCP_NODELAY``.
+
+    ``receive_some`` and ``send_all``, the per-message hot paths, come from the C base class
+    ``StreamCore`` (``_engine/stream.c``): when nothing is buffered and no read helper is
+    running they return the C socket operation itself, in stream mode (BusyResourceError
+    for a second concurrent receiver/sender, ClosedResourceError once closed,
+    BrokenResourceError with the OSError as ``__cause__``), with no Python frame per call.
+    Otherwise ``receive_some`` falls back to ``_receive_buffered``.  ``StreamCore.__init__``
+    creates the read-ahead buffer and the two conflict detectors.
     """
+
+    socket: bsocket.socket
 
     def __init__(self, socket: bsocket.socket) -> None:
         if not isinstance(socket, bsocket.socket):
             raise TypeError(f"SocketStream requires a broomio.socket.socket, got {socket!r}")
         if socket.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("SocketStream requires a SOCK_STREAM socket")
-        self.socket = socket
-        self._recv = socket._stream_recv
-        self._send_all = socket._stream_send_all
-        self._init_buffer()
-        self._send_conflict = _ConflictDetector("another task is already sending on this stream")
+        super().__init__(socket)
         if socket.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             try:
                 socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
@@ -295,28 +284,8 @@ class SocketStream(BufferedReceiveMixin):
         except OSError as exc:
             raise BrokenResourceError(f"receive failed: {exc}") from exc
 
-    # receive_some and send_all are the per-message hot paths.  When nothing is buffered and
-    # no read helper is running, they return the C socket operation itself, in stream mode:
-    # the engine raises BusyResourceError for a second concurrent receiver/sender (before
-    # any syscall), ClosedResourceError once closed, and BrokenResourceError (with the
-    # OSError as __cause__) when the peer breaks the connection.  No Python frame per call.
-
-    # Returns an awaitable instead of being a coroutine function: callers await it alike.
-    def receive_some(self, max_bytes: int | None = None) -> Awaitable[bytes]:  # type: ignore[override]
-        """Up to ``max_bytes`` bytes (at least one); ``b''`` once the peer has closed."""
-        if self._buffer or self._receive_conflict._busy:
-            return super().receive_some(_check_max_bytes(max_bytes, DEFAULT_RECEIVE_SIZE))
-        if max_bytes is None:
-            return self._recv(DEFAULT_RECEIVE_SIZE)
-        if type(max_bytes) is int and max_bytes > 0:
-            return self._recv(max_bytes)
-        return self._recv(_check_max_bytes(max_bytes, 0))
-
-    def send_all(self, data: bytes | bytearray | memoryview) -> Awaitable[None]:
-        """Send every byte of ``data`` (waits for the kernel buffer as needed)."""
-        if self._send_conflict._busy:
-            raise BusyResourceError(self._send_conflict._message)
-        return self._send_all(data)
+    #: StreamCore.receive_some's slow path: serve the read-ahead buffer under the detector.
+    _receive_buffered = BufferedReceiveMixin.receive_some
 
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""
@@ -390,7 +359,7 @@ class SocketListener:
         if socket.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("SocketListener requires a SOCK_STREAM socket")
         self.socket = socket
-        self._conflict = _ConflictDetector("another task is already accepting on this listener")
+        self._conflict = ConflictDetector("another task is already accepting on this listener")
 
     def __repr__(self) -> str:
         return f"<broomio.SocketListener {self.socket!r}>"

@@ -24,14 +24,19 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._core import Nursery
-from ._engine import BrokenResourceError, ClosedResourceError, ParkingLot, checkpoint
+from ._engine import (
+    BrokenResourceError,
+    ClosedResourceError,
+    ConflictDetector,
+    ParkingLot,
+    checkpoint,
+)
 from ._streams import (
     TASK_STATUS_IGNORED,
     BufferedReceiveMixin,
     Handler,
     _checkpoint_if_cancelled,
     _check_max_bytes,
-    _ConflictDetector,
     _HasStarted,
     open_tcp_stream,
     serve_tcp,
@@ -118,7 +123,7 @@ class TLSStream(BufferedReceiveMixin):
         self._inner_receive_lock = _FIFOLock()
         self._inner_receive_count = 0
         self._init_buffer()
-        self._send_conflict = _ConflictDetector("another task is already sending on this stream")
+        self._send_conflict = ConflictDetector("another task is already sending on this stream")
 
     def __repr__(self) -> str:
         side = "server" if self.server_side else "client"

@@ -159,7 +159,8 @@ static int module_exec(PyObject *module)
     if (bro_task_init_types(module, st) < 0 || bro_op_init_types(module, st) < 0 ||
         bro_scope_init_types(module, st) < 0 || bro_nursery_init_types(module, st) < 0 ||
         bro_lot_init_types(module, st) < 0 || bro_syncprims_init_types(module, st) < 0 ||
-        bro_loop_init_types(module, st) < 0 || bro_sock_init_types(module, st) < 0)
+        bro_loop_init_types(module, st) < 0 || bro_sock_init_types(module, st) < 0 ||
+        bro_stream_init_types(module, st) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "BUDGET", BRO_BUDGET) < 0)
         return -1;
@@ -182,6 +183,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->semaphore_type);
     Py_VISIT(st->limiter_type);
     Py_VISIT(st->queue_type);
+    Py_VISIT(st->conflict_type);
+    Py_VISIT(st->stream_type);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -209,6 +212,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->semaphore_type);
     Py_CLEAR(st->limiter_type);
     Py_CLEAR(st->queue_type);
+    Py_CLEAR(st->conflict_type);
+    Py_CLEAR(st->stream_type);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

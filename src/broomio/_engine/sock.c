@@ -645,18 +645,24 @@ static PyObject *sock_send_all(bro_socket *s, PyObject *const *args, Py_ssize_t 
     return sock_send_common(s, args, nargs, SOP_SEND_ALL, "send_all");
 }
 
-/* The SocketStream hot paths: recv / send_all with stream error semantics. */
-static PyObject *sock_stream_recv(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+/* The SocketStream hot paths (stream.c): recv / send_all with stream error semantics.  The
+ * caller has already checked that sock is a SocketCore and that size is positive. */
+PyObject *bro_sock_stream_recv(PyObject *sock, Py_ssize_t size)
 {
-    bro_sockop *op = (bro_sockop *)sock_recv(s, args, nargs);
-    if (op != NULL)
-        op->stream = 1;
+    bro_socket *s = (bro_socket *)sock;
+    if (sock_check_open(s) < 0)
+        return NULL;
+    bro_sockop *op = sockop_alloc(s, SOP_RECV, BRO_READABLE);
+    if (op == NULL)
+        return NULL;
+    op->size = size;
+    op->stream = 1;
     return (PyObject *)op;
 }
 
-static PyObject *sock_stream_send_all(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
+PyObject *bro_sock_stream_send_all(PyObject *sock, PyObject *data)
 {
-    bro_sockop *op = (bro_sockop *)sock_send_all(s, args, nargs);
+    bro_sockop *op = (bro_sockop *)sock_send_all((bro_socket *)sock, &data, 1);
     if (op != NULL)
         op->stream = 1;
     return (PyObject *)op;
@@ -842,8 +848,6 @@ static PyMethodDef sock_methods[] = {
     {"sendall", (PyCFunction)(void (*)(void))sock_send_all, METH_FASTCALL,
      "sendall(data, flags=0)\n--\n\nAlias of send_all()."},
     {"_io", (PyCFunction)(void (*)(void))sock_io, METH_FASTCALL, NULL},
-    {"_stream_recv", (PyCFunction)(void (*)(void))sock_stream_recv, METH_FASTCALL, NULL},
-    {"_stream_send_all", (PyCFunction)(void (*)(void))sock_stream_send_all, METH_FASTCALL, NULL},
     {"_wait", (PyCFunction)sock_wait, METH_O, NULL},
     {"close", (PyCFunction)sock_close, METH_NOARGS,
      "Close the socket; tasks waiting on it get ClosedResourceError."},

@@ -37,6 +37,8 @@ typedef struct {
     PyTypeObject *semaphore_type;
     PyTypeObject *limiter_type;
     PyTypeObject *queue_type;
+    PyTypeObject *conflict_type;
+    PyTypeObject *stream_type;
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -78,6 +80,12 @@ int bro_nursery_init_types(PyObject *module, bro_state *st);
 int bro_lot_init_types(PyObject *module, bro_state *st);
 int bro_sock_init_types(PyObject *module, bro_state *st);
 int bro_syncprims_init_types(PyObject *module, bro_state *st);
+int bro_stream_init_types(PyObject *module, bro_state *st);
+
+/* sock.c: SocketStream's hot operations in stream mode (OSError -> BrokenResourceError).
+ * sock must be a SocketCore and size positive; stream.c checks both. */
+PyObject *bro_sock_stream_recv(PyObject *sock, Py_ssize_t size);
+PyObject *bro_sock_stream_send_all(PyObject *sock, PyObject *data);
 
 /* Parses a number of seconds (int or float, not NaN) with errors naming fname/argname. */
 int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);
