@@ -9,6 +9,10 @@ Subcommands:
   under a C load generator; reports msgs/s and server CPU per message.
 * ``sync`` -- synchronization benchmarks (queue ping-pong, lock contention,
   event fan-out), same frameworks, same machinery.
+* ``report`` (the default: plain ``python -m benchmarks``) -- ``micro`` and
+  ``sync`` in one run, written to ``benchmarks/results/`` (or ``--out DIR``) as
+  a Markdown table (``benchmarks.md``), a PNG bar chart of the speed-ups over
+  asyncio (``benchmarks.png``, needs matplotlib) and the raw ``benchmarks.json``.
 
 More suites (e.g. ``sync``) plug in by adding a function that registers a
 sub-parser in :data:`SUBCOMMANDS`.
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +36,14 @@ from . import echo, micro, sync
 from ._build import BuildError, build_c_program
 from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
-from ._table import format_value, render_echo_report, render_micro_report
+from ._chart import ChartUnavailable, speedup, write_chart
+from ._table import (
+    format_value,
+    render_echo_report,
+    render_micro_report,
+    render_summary_table,
+    summary_label,
+)
 
 
 def _split_names(values: list[str] | None, allowed: tuple[str, ...], what: str,
@@ -51,6 +64,71 @@ _SUITES: dict[str, tuple[ModuleType, str]] = {
     "micro": (micro, "broomio micro-benchmarks"),
     "sync": (sync, "broomio synchronization benchmarks"),
 }
+
+
+class _Counter:
+    """Progress over a whole invocation: ``[ 7/48, 1m05s elapsed, ~2m10s left]``."""
+
+    def __init__(self, total: int, started: float) -> None:
+        self.total = total
+        self.step = 0
+        self.started = started
+
+    def tick(self) -> str:
+        self.step += 1
+        elapsed = time.perf_counter() - self.started
+        tag = f"[{self.step:>{len(str(self.total))}}/{self.total}, {_duration(elapsed)} elapsed"
+        if self.step > 1:
+            left = elapsed / (self.step - 1) * (self.total - self.step + 1)
+            tag += f", ~{_duration(left)} left"
+        return tag + "]"
+
+
+def _duration(seconds: float) -> str:
+    """``65.3`` -> ``"1m05s"``, ``7.2`` -> ``"7s"``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _run_cases(
+    suite_name: str,
+    cases: list[str],
+    frameworks: list[str],
+    *,
+    repeat: int,
+    quick: bool,
+    timeout: float,
+    progress: Callable[..., None],
+    counter: _Counter,
+) -> dict[tuple[str, str], Aggregate]:
+    """Run every (case, framework) pair of one suite ``repeat`` times, each in a fresh
+    process, reporting each run on ``progress``; return the aggregates."""
+    suite, _ = _SUITES[suite_name]
+    results = {
+        (case, fw): Aggregate(suite.CASES[case].higher_is_better)
+        for case in cases for fw in frameworks
+    }
+    # Repetitions are interleaved (round 1 of everything, then round 2, ...) so
+    # slow drift of the machine's speed spreads over all frameworks evenly.
+    for rep in range(1, repeat + 1):
+        for case in cases:
+            spec = suite.CASES[case]
+            params = spec.quick if quick else spec.full
+            for fw in frameworks:
+                agg = results[(case, fw)]
+                tag = f"{counter.tick()} {suite_name}: {case}/{fw} run {rep}/{repeat}"
+                if agg.errors:
+                    progress(f"{tag}: skipped (failed before)")
+                    continue
+                progress(f"{tag} ... ", end="")
+                outcome = run_child(suite.child_command(case, fw, params), timeout)
+                agg.add(outcome)
+                if outcome.record is not None:
+                    value = format_value(spec.kind, float(outcome.record["value"]))
+                    progress(f"{value} ({outcome.wall:.1f} s wall)")
+                else:
+                    progress(f"ERROR: {outcome.error}")
+    return results
 
 
 def _add_micro(sub: Any) -> None:
@@ -109,34 +187,10 @@ def _run_suite(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, end=end, file=sys.stderr, flush=True)
 
-    results = {
-        (case, fw): Aggregate(suite.CASES[case].higher_is_better)
-        for case in cases for fw in frameworks
-    }
-    total = args.repeat * len(results)
-    step = 0
     started = time.perf_counter()
-    # Repetitions are interleaved (round 1 of everything, then round 2, ...) so
-    # slow drift of the machine's speed spreads over all frameworks evenly.
-    for rep in range(1, args.repeat + 1):
-        for case in cases:
-            spec = suite.CASES[case]
-            params = spec.quick if args.quick else spec.full
-            for fw in frameworks:
-                step += 1
-                agg = results[(case, fw)]
-                tag = f"[{step:>{len(str(total))}}/{total}] {case}/{fw} run {rep}/{args.repeat}"
-                if agg.errors:
-                    progress(f"{tag}: skipped (failed before)")
-                    continue
-                progress(f"{tag} ... ", end="")
-                outcome = run_child(suite.child_command(case, fw, params), args.timeout)
-                agg.add(outcome)
-                if outcome.record is not None:
-                    value = format_value(spec.kind, float(outcome.record["value"]))
-                    progress(f"{value} ({outcome.wall:.1f} s wall)")
-                else:
-                    progress(f"ERROR: {outcome.error}")
+    results = _run_cases(args.suite_name, cases, frameworks, repeat=args.repeat,
+                         quick=args.quick, timeout=args.timeout, progress=progress,
+                         counter=_Counter(args.repeat * len(cases) * len(frameworks), started))
     progress(f"done in {time.perf_counter() - started:.1f} s")
 
     meta = machine_info(frameworks)
@@ -306,8 +360,135 @@ def _run_echo(args: argparse.Namespace) -> int:
     return 1 if (args.strict and failed) else 0
 
 
+#: Where ``report`` writes its files unless --out says otherwise (gitignored).
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="micro + sync in one run; write a Markdown table and a PNG chart (the default)",
+        description=(
+            "Run the micro and sync suites (every case, every framework, --repeat times, "
+            "each in a fresh process) and write OUT/benchmarks.md (a Markdown table with "
+            "the date, the machine and this command), OUT/benchmarks.png (a bar chart of "
+            "each framework's speed-up over asyncio; needs matplotlib) and "
+            "OUT/benchmarks.json (every run). Progress goes to stderr."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                   help="output directory (default: benchmarks/results)")
+    p.add_argument("--suites", action="append", metavar="NAME",
+                   help="run only these suites (repeatable or comma-separated): "
+                        + ", ".join(_SUITES))
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="repetitions per case, best one reported (default: 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (a smoke run; not comparable with full-size figures)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="kill a case after S seconds and report it as an error (default: 300)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_run_report, parser=p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    """Run the suites, write the table, the chart and the JSON; return the exit code."""
+    parser: argparse.ArgumentParser = args.parser
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    suite_names = _split_names(args.suites, tuple(_SUITES), "suite", parser)
+    frameworks = ["asyncio", "uvloop", "trio", "broomio"]
+
+    def progress(msg: str, end: str = "\n") -> None:
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    total = sum(len(_SUITES[name][0].CASES) for name in suite_names) * len(frameworks)
+    counter = _Counter(total * args.repeat, started)
+    progress(f"python -m benchmarks report: {len(suite_names)} suites, {total} "
+             f"(benchmark, framework) pairs x {args.repeat} runs, each in a fresh process")
+    # One suite after the other (each interleaves its own repetitions).
+    rows: list[tuple[Any, Any, dict[str, dict[str, Any]]]] = []
+    raw: list[dict[str, Any]] = []
+    for name in suite_names:
+        suite, _ = _SUITES[name]
+        cases = list(suite.CASES)
+        results = _run_cases(name, cases, frameworks, repeat=args.repeat, quick=args.quick,
+                             timeout=args.timeout, progress=progress, counter=counter)
+        for case in cases:
+            spec = suite.CASES[case]
+            per_fw = {fw: results[(case, fw)].to_json() for fw in frameworks}
+            rows.append((spec, spec.quick if args.quick else spec.full, per_fw))
+            for fw in frameworks:
+                raw.append({"suite": name, "case": case, "framework": fw, "unit": spec.unit,
+                            "higher_is_better": spec.higher_is_better, **per_fw[fw]})
+    elapsed = time.perf_counter() - started
+    progress(f"done in {_duration(elapsed)}")
+
+    meta = machine_info(frameworks)
+    command = "python -m benchmarks" + (" " + shlex.join(args.argv) if args.argv else "")
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    versions = meta.get("versions", {})
+    machine = (f"Python {meta.get('python', '?')} on {meta.get('platform', '?')}, "
+               f"{meta.get('cpus', '?')} CPUs ({meta.get('cpu_model', 'unknown CPU')}); "
+               + ", ".join(f"{fw} {versions.get(fw, '?')}" for fw in frameworks))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    # The chart: each framework's speed-up over asyncio, per benchmark.
+    labels: list[str] = []
+    ratios: dict[tuple[str, str], float] = {}
+    for spec, _params, per_fw in rows:
+        labels.append(spec.title.replace(" ", "\n", 1) if len(spec.title) > 12 else spec.title)
+        base = per_fw["asyncio"].get("best")
+        for fw in frameworks:
+            best = per_fw[fw].get("best")
+            if base and best:
+                ratios[(labels[-1], fw)] = speedup(float(best["value"]), float(base["value"]),
+                                                   spec.higher_is_better)
+    chart = out / "benchmarks.png"
+    chart_note = ""
+    try:
+        write_chart(chart, labels, frameworks, ratios,
+                    title=f"broomio vs asyncio, uvloop and trio ({date}"
+                          + (", --quick sizes" if args.quick else "") + ")",
+                    subtitle=f"best of {args.repeat}; {meta.get('cpus', '?')} CPUs, "
+                             f"Python {platform.python_version()}")
+        progress(f"chart written to {chart}")
+    except ChartUnavailable as exc:
+        chart_note = f"(no chart: {exc})"
+        progress(f"warning: {exc}")
+
+    lines = [
+        "# broomio benchmarks",
+        "",
+        f"Run on {date} with `{command}` ({_duration(elapsed)}). {machine}.",
+        f"Best of {args.repeat} run{'s' if args.repeat != 1 else ''}, every run a fresh "
+        "process; ratios are to asyncio, measured in the same run (read them with each "
+        "row's \"higher/lower is better\")."
+        + (" **--quick sizes**: a smoke run, not comparable with full-size figures."
+           if args.quick else ""),
+        "",
+        render_summary_table(rows, frameworks),
+        "",
+        chart_note or f"![speed-up over asyncio per benchmark]({chart.name})",
+        "",
+    ]
+    table = out / "benchmarks.md"
+    table.write_text("\n".join(lines), encoding="utf-8")
+    (out / "benchmarks.json").write_text(json.dumps(
+        {"command": command, "date": date, "meta": meta,
+         "config": {"repeat": args.repeat, "quick": args.quick, "suites": suite_names,
+                    "labels": [summary_label(s, p) for s, p, _ in rows]},
+         "results": raw}, indent=2) + "\n", encoding="utf-8")
+    progress(f"table written to {table}")
+    print("\n".join(lines))
+    return 0
+
+
 #: Sub-parser registrations, one per suite.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_echo]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_echo, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for register in SUBCOMMANDS:
         register(sub)
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    # Plain `python -m benchmarks` runs the full report; the report records the command
+    # exactly as typed.
+    args = parser.parse_args(argv or ["report"])
+    args.argv = list(argv)
     if args.command is None:
         parser.print_help()
         return 2

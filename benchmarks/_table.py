@@ -21,6 +21,8 @@ __all__ = [
     "markdown_table",
     "render_echo_report",
     "render_micro_report",
+    "render_summary_table",
+    "summary_label",
 ]
 
 #: Longest error text shown in a table cell (the full text is in the JSON).
@@ -380,3 +382,37 @@ def render_echo_report(
         out.append(_target_line(results, server, RIVAL, cfg.sizes, 1.0, True,
                                 f"server CPU/msg < {RIVAL}'s at every size"))
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# Summary of several suites (python -m benchmarks report).
+# --------------------------------------------------------------------------
+
+
+def summary_label(spec: CaseSpec, params: Params) -> str:
+    """The row label of one benchmark in the summary table."""
+    better = "higher is better" if spec.higher_is_better else "lower is better"
+    return f"{spec.title}: {spec.describe(params)} [{spec.unit}, {better}]"
+
+
+def render_summary_table(
+    rows: Sequence[tuple[CaseSpec, Params, Mapping[str, Mapping[str, Any]]]],
+    frameworks: Sequence[str],
+    baseline_name: str = "asyncio",
+) -> str:
+    """One Markdown table for benchmarks of several suites: a row per benchmark (its spec,
+    the parameters it ran with, and ``results[framework]`` as in
+    :func:`render_micro_report`), a column per framework, ratios to ``baseline_name``.
+    broomio's cells are bold."""
+    table: list[list[str]] = []
+    for spec, params, results in rows:
+        base_best = results.get(baseline_name, {}).get("best")
+        baseline = float(base_best["value"]) if base_best else None
+        row = [summary_label(spec, params)]
+        for fw in frameworks:
+            cell = _cell(spec, results.get(fw, {}), baseline, fw == baseline_name,
+                         baseline_name)
+            row.append(f"**{cell}**" if fw == "broomio" and results.get(fw, {}).get("best")
+                       else cell)
+        table.append(row)
+    return markdown_table(["benchmark", *frameworks], table, ["l"] + ["r"] * len(frameworks))
