@@ -12,7 +12,7 @@
     loop.run()
 """
 
-from . import lowlevel
+from . import from_thread, lowlevel
 from ._core import (
     Loop,
     Nursery,
@@ -63,6 +63,7 @@ from ._engine import (
     sleep_until,
 )
 from ._sync import Condition
+from ._threads import current_default_thread_limiter, run_in_thread
 
 __version__ = "0.1.0"
 
@@ -94,8 +95,10 @@ __all__ = [
     "current_loop",
     "current_task",
     "current_time",
+    "current_default_thread_limiter",
     "fail_after",
     "fail_at",
+    "from_thread",
     "lowlevel",
     "move_on_after",
     "move_on_at",
@@ -107,6 +110,7 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "run",
+    "run_in_thread",
     "serve_listeners",
     "serve_tcp",
     "serve_tls",

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
-from ._threads import shutdown_executor
+from . import _threads
 from ._engine import (
     Cancelled,
     CancelScope,
@@ -138,7 +138,7 @@ class Loop(_engine.LoopCore):
         """Release the loop's resources: unfinished tasks are closed (their finally blocks
         run), worker threads are told to stop.  Idempotent."""
         super().close()
-        shutdown_executor(self)
+        _threads.loop_closed(self)
 
     def wrap_socket(self, sock: Any) -> Any:
         """The async socket (``broomio.socket.socket``) for a stdlib socket; the stdlib

@@ -1,72 +1,400 @@
-"""Running blocking calls in worker threads (used by the resolver).
+"""Blocking calls in worker threads: ``run_in_thread`` and ``from_thread``.
 
-A call runs in the loop's executor; its outcome comes back through the loop's thread-safe
-inbox (``call_soon_threadsafe``), which reschedules the waiting task.  Cancelling the waiting
-task abandons the call: the thread finishes in the background and its result is dropped.
+How a call travels
+------------------
+``run_in_thread(fn, *args)`` borrows a token from a ``CapacityLimiter`` (by default one per
+loop with 40 tokens) on behalf of a fresh borrower object, then hands the call to an idle
+worker thread and suspends the task (``lowlevel.suspend``).  The worker runs ``fn`` inside a
+copy of the task's ``contextvars.Context``, puts itself back on the idle list, and sends the
+outcome to the loop with ``loop.call_soon_threadsafe`` (the engine's mutex-protected inbox
+plus one eventfd write).  In the loop thread that callback returns the limiter token and
+reschedules the task with the value or the exception.  The exception object is the one
+raised in the thread, so its traceback still holds the worker's frames; re-raising it in
+the task prepends the task's own frames.
+
+The token is returned only when the thread has really finished, also when the task stopped
+waiting earlier: a limiter of N tokens means at most N threads busy for this loop.
+
+Cancellation
+------------
+``cancellable=False`` (the default): the suspension's abort function refuses, so the task
+keeps waiting for the thread, like a shielded scope; a cancelled task sees ``Cancelled`` at
+its next checkpoint.  ``cancellable=True``: the abort function marks the call abandoned and
+accepts, so the task is cancelled at once; the thread runs on and its outcome is dropped
+when it arrives (the token is still returned then).
+
+The thread cache
+----------------
+Worker threads are our own and are reused, like trio's thread cache, instead of a
+``concurrent.futures`` executor: handing a job to an idle worker is one dict ``popitem``, a
+field store and a ``Lock.release``; no Future, no queue, no per-call allocation beyond the
+job itself.  The idle workers live in one process-wide dict (operations on it are atomic
+under the GIL).  An idle worker that gets no job for ``IDLE_TIMEOUT`` seconds removes
+itself and exits, so a burst leaves no permanent threads behind.  Workers are daemon threads:
+an abandoned call (``cancellable=True``) never keeps the interpreter from exiting.  After
+``fork()`` the child starts with an empty cache (the parent's threads do not exist there).
+
+``from_thread``
+---------------
+A worker thread remembers (in a thread-local) which loop started its current call.
+``from_thread.run_sync(fn)`` and ``from_thread.run(afn)`` send a request through the same
+inbox and block the worker on a lock until the loop answers; ``run`` starts ``afn`` as a
+root task of that loop.  The values of context variables flow along as copies.  Requests
+still pending when the loop is closed are failed with ``RuntimeError`` so that no worker
+waits forever.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-from collections.abc import Callable
+import contextvars
+import os
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._engine import LoopCore, current_loop, current_task, suspend
+from ._engine import (
+    CapacityLimiter,
+    LoopCore,
+    current_loop,
+    current_task,
+    suspend,
+)
 
 T = TypeVar("T")
 
-_MAX_WORKERS = 40
+DEFAULT_THREAD_LIMIT = 40
+IDLE_TIMEOUT = 10.0  # seconds an idle worker thread waits for a job before it exits
 
 
-def _executor_for(loop: LoopCore) -> concurrent.futures.ThreadPoolExecutor:
-    executor: concurrent.futures.ThreadPoolExecutor | None = getattr(loop, "_executor", None)
-    if executor is None:
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=_MAX_WORKERS, thread_name_prefix="broomio-worker"
-        )
-        loop._executor = executor  # type: ignore[attr-defined]
-    return executor
+# --------------------------------------------------------------------------------------------
+# The process-wide cache of worker threads
 
 
-async def run_sync_in_worker_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run fn(*args) in a worker thread and return its result (cancelling abandons it)."""
-    loop = current_loop()
-    task = current_task()
-    abandoned = False
+class _Worker:
+    """One reusable daemon thread.  It sleeps on ``_wake`` until a job is handed to it."""
 
-    def deliver(result: Any, error: BaseException | None) -> None:
-        if abandoned:
-            return
-        if error is not None:
-            loop.reschedule(task, exception=error)
-        else:
-            loop.reschedule(task, result)
+    __slots__ = ("_job", "_wake", "__weakref__")
 
-    def work() -> None:
+    def __init__(self) -> None:
+        self._job: tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None = None
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        thread = threading.Thread(target=self._main, name="broomio-worker", daemon=True)
+        thread.start()
+
+    def _main(self) -> None:
+        while True:
+            if self._wake.acquire(timeout=IDLE_TIMEOUT):
+                job = self._job
+                self._job = None
+                assert job is not None
+                fn, report = job
+                del job
+                try:
+                    result = fn()
+                except BaseException as exc:  # goes to the waiting task, never lost here
+                    error: BaseException | None = exc
+                    result = None
+                    del exc
+                else:
+                    error = None
+                # Idle again *before* reporting: the loop often starts the next call as soon
+                # as it has the result, and that call should find this thread free.
+                _idle[self] = None
+                report(result, error)
+                del fn, report, result, error
+            else:
+                try:
+                    del _idle[self]
+                except KeyError:
+                    # A job was handed to us between the timeout and now: its release of
+                    # _wake is done or imminent, so go round and take it.
+                    continue
+                return
+
+
+# Idle workers, used as an ordered set: popitem() hands out the most recently idle one, whose
+# stack is most likely still warm; the ones at the front time out first.
+_idle: dict[_Worker, None] = {}
+
+
+def _start_thread_soon(
+    fn: Callable[[], Any], report: Callable[[Any, BaseException | None], None]
+) -> None:
+    """Run ``fn()`` in a worker thread, then ``report(result, error)`` in that thread."""
+    try:
+        worker, _ = _idle.popitem()
+    except KeyError:
+        worker = _Worker()
+    worker._job = (fn, report)
+    worker._wake.release()
+
+
+def _reset_after_fork() -> None:
+    global _idle
+    _idle = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-loop state: the default limiter and pending from_thread requests
+
+
+class _LoopThreads:
+    __slots__ = ("limiter", "pending")
+
+    def __init__(self) -> None:
+        self.limiter = CapacityLimiter(DEFAULT_THREAD_LIMIT)
+        self.pending: set[_Reply] = set()
+
+
+def _state(loop: LoopCore) -> _LoopThreads:
+    state: _LoopThreads | None = getattr(loop, "_broomio_threads", None)
+    if state is None:
+        state = _LoopThreads()
+        loop._broomio_threads = state  # type: ignore[attr-defined]
+    return state
+
+
+def current_default_thread_limiter() -> CapacityLimiter:
+    """The running loop's default limiter for ``run_in_thread`` (40 tokens; adjustable)."""
+    return _state(current_loop()).limiter
+
+
+def loop_closed(loop: LoopCore) -> None:
+    """Called by ``Loop.close()``: fail the from_thread requests nobody will answer now."""
+    state: _LoopThreads | None = getattr(loop, "_broomio_threads", None)
+    if state is None:
+        return
+    pending, state.pending = state.pending, set()
+    for reply in pending:
+        reply.set(None, RuntimeError("the broomio loop was closed before it ran this call"))
+
+
+# --------------------------------------------------------------------------------------------
+# run_in_thread
+
+# Which loop started the call the current worker thread is running (for from_thread).
+_local = threading.local()
+
+
+class _ThreadCall:
+    """One run_in_thread call: its borrower identity, its outcome path, its abandonment."""
+
+    __slots__ = ("loop", "task", "limiter", "abandoned", "fn", "args", "context")
+
+    def __init__(
+        self,
+        loop: LoopCore,
+        limiter: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.loop = loop
+        self.task = current_task()
+        self.limiter = limiter
+        self.abandoned = False
+        self.fn = fn
+        self.args = args
+        self.context = contextvars.copy_context()
+
+    # -- in the worker thread
+    def run(self) -> Any:
+        _local.loop = self.loop
         try:
-            result = fn(*args)
-        except BaseException as error:  # delivered to the waiting task, not lost
-            outcome: tuple[Any, BaseException | None] = (None, error)
-        else:
-            outcome = (result, None)
+            return self.context.run(self.fn, *self.args)
+        finally:
+            _local.loop = None
+
+    def report(self, result: Any, error: BaseException | None) -> None:
         try:
-            loop.call_soon_threadsafe(deliver, *outcome)
+            self.loop.call_soon_threadsafe(self.deliver, result, error)
         except RuntimeError:
             pass  # the loop was closed meanwhile: nobody is waiting any more
 
-    def abort() -> bool:
-        nonlocal abandoned
-        abandoned = True
+    # -- in the loop thread
+    def deliver(self, result: Any, error: BaseException | None) -> None:
+        self.fn = self.args = None  # type: ignore[assignment]
+        self.limiter.release_on_behalf_of(self)
+        if self.abandoned:
+            return
+        if error is not None:
+            self.loop.reschedule(self.task, exception=error)
+        else:
+            self.loop.reschedule(self.task, result)
+
+    def abort_cancellable(self) -> bool:
+        self.abandoned = True
         return True
 
-    _executor_for(loop).submit(work)
-    result: T = await suspend(abort)
+
+def _abort_refused() -> bool:
+    return False
+
+
+async def run_in_thread(
+    fn: Callable[..., T],
+    *args: Any,
+    cancellable: bool = False,
+    limiter: Any = None,
+) -> T:
+    """Run ``fn(*args)`` in a worker thread without blocking the loop; return its result.
+
+    ``cancellable=False``: a cancelled caller still waits for the thread (shielded).
+    ``cancellable=True``: a cancelled caller is cancelled at once and the thread's result is
+    discarded.  ``limiter``: a ``CapacityLimiter`` (default: the loop's, 40 threads); its
+    token is held until the thread has finished.
+    """
+    if not callable(fn):
+        raise TypeError(f"run_in_thread() argument 'fn' must be callable, not {type(fn).__name__}")
+    loop = current_loop()
+    if limiter is None:
+        limiter = _state(loop).limiter
+    elif not (
+        hasattr(limiter, "acquire_on_behalf_of") and hasattr(limiter, "release_on_behalf_of")
+    ):
+        raise TypeError(
+            "run_in_thread() argument 'limiter' must be a CapacityLimiter, "
+            f"not {type(limiter).__name__}"
+        )
+    call = _ThreadCall(loop, limiter, fn, args)
+    await limiter.acquire_on_behalf_of(call)
+    try:
+        _start_thread_soon(call.run, call.report)
+    except BaseException:
+        limiter.release_on_behalf_of(call)
+        raise
+    result: T = await suspend(call.abort_cancellable if cancellable else _abort_refused)
     return result
 
 
-def shutdown_executor(loop: LoopCore) -> None:
-    """Stop the loop's worker threads (called by Loop.close())."""
-    executor = getattr(loop, "_executor", None)
-    if executor is not None:
-        executor.shutdown(wait=False, cancel_futures=True)
-        loop._executor = None  # type: ignore[attr-defined]
+# --------------------------------------------------------------------------------------------
+# from_thread
+
+
+class _Reply:
+    """A worker thread's wait for the loop's answer (a lock the loop releases)."""
+
+    __slots__ = ("_lock", "_result", "_error", "_done")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._done = False
+
+    def set(self, result: Any, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._result = result
+        self._error = error
+        self._lock.release()
+
+    def wait(self) -> Any:
+        self._lock.acquire()
+        error, result = self._error, self._result
+        self._error = self._result = None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
+        return result
+
+
+def _target_loop(loop: LoopCore | None, what: str) -> LoopCore:
+    try:
+        current_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            f"from_thread.{what}() was called from a broomio loop's own thread; it is for "
+            "worker threads (blocking here would deadlock the loop): call or await the "
+            "function directly instead"
+        )
+    if loop is None:
+        loop = getattr(_local, "loop", None)
+        if loop is None:
+            raise RuntimeError(
+                f"from_thread.{what}() must be called from a thread started by "
+                "broomio.run_in_thread(), or be given the loop as loop=..."
+            )
+    elif not isinstance(loop, LoopCore):
+        raise TypeError(f"from_thread.{what}() argument 'loop' must be a broomio Loop, "
+                        f"not {type(loop).__name__}")
+    if loop.closed:
+        raise RuntimeError(f"from_thread.{what}(): the broomio loop is closed")
+    return loop
+
+
+def _send(loop: LoopCore, request: Callable[[_Reply], None]) -> Any:
+    reply = _Reply()
+    pending = _state(loop).pending
+
+    def handle() -> None:
+        pending.discard(reply)
+        request(reply)
+
+    pending.add(reply)
+    try:
+        loop.call_soon_threadsafe(handle)
+    except RuntimeError:
+        pending.discard(reply)
+        raise RuntimeError("the broomio loop is closed") from None
+    return reply.wait()
+
+
+def from_thread_run_sync(fn: Callable[..., T], *args: Any, loop: LoopCore | None = None) -> T:
+    """From a worker thread: run ``fn(*args)`` in the loop's thread, return its result."""
+    if not callable(fn):
+        raise TypeError(f"from_thread.run_sync() argument 'fn' must be callable, "
+                        f"not {type(fn).__name__}")
+    target = _target_loop(loop, "run_sync")
+    context = contextvars.copy_context()
+
+    def request(reply: _Reply) -> None:
+        try:
+            result = context.run(fn, *args)
+        except BaseException as exc:  # travels back to the worker thread
+            reply.set(None, exc)
+        else:
+            reply.set(result, None)
+
+    result: T = _send(target, request)
+    return result
+
+
+def from_thread_run(
+    afn: Callable[..., Awaitable[T]], *args: Any, loop: LoopCore | None = None
+) -> T:
+    """From a worker thread: run ``await afn(*args)`` as a task of the loop, return its
+    result (or raise its exception)."""
+    if not callable(afn):
+        raise TypeError(f"from_thread.run() argument 'afn' must be an async function, "
+                        f"not {type(afn).__name__}")
+    target = _target_loop(loop, "run")
+    context = contextvars.copy_context()
+
+    def request(reply: _Reply) -> None:
+        async def runner() -> None:
+            try:
+                result = await afn(*args)
+            except BaseException as exc:  # travels back to the worker thread
+                reply.set(None, exc)
+            else:
+                reply.set(result, None)
+
+        name = getattr(afn, "__qualname__", None) or repr(afn)
+        try:
+            context.run(target.start_soon, runner, name=f"from_thread.run({name})")
+        except BaseException as exc:
+            reply.set(None, exc)
+
+    result: T = _send(target, request)
+    return result
