@@ -62,6 +62,7 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._processes import BrokenWorkerError, run_in_process
 from ._sync import Condition
 from ._threads import current_default_thread_limiter, run_in_thread
 
@@ -69,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokenResourceError",
+    "BrokenWorkerError",
     "BusyResourceError",
     "CancelScope",
     "Cancelled",
@@ -110,6 +112,7 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "run",
+    "run_in_process",
     "run_in_thread",
     "serve_listeners",
     "serve_tcp",
