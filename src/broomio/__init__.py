@@ -62,6 +62,7 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._files import AsyncFile, Path, open_file, wrap_file
 from ._processes import BrokenWorkerError, run_in_process
 from ._sync import Condition
 from ._threads import current_default_thread_limiter, run_in_thread
@@ -69,6 +70,7 @@ from ._threads import current_default_thread_limiter, run_in_thread
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncFile",
     "BrokenResourceError",
     "BrokenWorkerError",
     "BusyResourceError",
@@ -82,6 +84,7 @@ __all__ = [
     "Lock",
     "Loop",
     "Nursery",
+    "Path",
     "SocketListener",
     "SocketStream",
     "TLSStream",
@@ -104,6 +107,7 @@ __all__ = [
     "lowlevel",
     "move_on_after",
     "move_on_at",
+    "open_file",
     "open_nursery",
     "open_tcp_listeners",
     "open_tcp_stream",
@@ -121,5 +125,6 @@ __all__ = [
     "sleep",
     "sleep_forever",
     "sleep_until",
+    "wrap_file",
     "__version__",
 ]

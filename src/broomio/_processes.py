@@ -222,7 +222,7 @@ class _Pool:
         ctx = multiprocessing.get_context("spawn")
         parent, child = _stdlib_socket.socketpair()
         try:
-            process = ctx.Process(  # type: ignore[attr-defined]
+            process = ctx.Process(
                 target=_worker_main, args=(child,), name="broomio-process-worker", daemon=True
             )
             try:
