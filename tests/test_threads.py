@@ -2,6 +2,7 @@
 
 import contextvars
 import json
+import signal
 import threading
 import time
 import traceback
@@ -536,3 +537,55 @@ def test_10k_calls_leak_no_threads_or_memory():
     _check("run_in_thread", samples)
     threads = [s["threads"] for s in samples]
     assert threads[0] == threads[1] == threads[2] <= 1 + 40, threads
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C while a thread call is pending (a real SIGINT to a child interpreter)
+
+SIGINT_CODE = """
+import threading, time
+import broomio
+from broomio import Cancelled, sleep
+
+def blocking():
+    print("ready", flush=True)
+    {body}
+
+async def main():
+    try:
+        result = await broomio.run_in_thread(blocking, cancellable={cancellable})
+        print("returned", result, flush=True)
+        await sleep(30)
+    except Cancelled:
+        print("saw Cancelled", flush=True)
+        raise
+    finally:
+        print("cleanup", flush=True)
+
+try:
+    broomio.run(main)
+except KeyboardInterrupt:
+    print("KI", flush=True)
+    raise
+"""
+
+
+def test_ctrl_c_waits_for_a_non_cancellable_thread(python_child):
+    body = "time.sleep(1.5); print('thread done', flush=True); return 42"
+    child = python_child(SIGINT_CODE.format(body=body, cancellable=False))
+    child.wait_for_line("ready", settle=0.2)
+    child.send_signal(signal.SIGINT)
+    out, err = child.finish(timeout=15)
+    assert out.splitlines() == ["ready", "thread done", "returned 42", "saw Cancelled",
+                                "cleanup", "KI"], (out, err)
+    assert child.proc.returncode != 0 and "KeyboardInterrupt" in err
+
+
+def test_ctrl_c_abandons_a_cancellable_thread_and_exits(python_child):
+    body = "threading.Event().wait()  # never returns"
+    child = python_child(SIGINT_CODE.format(body=body, cancellable=True))
+    child.wait_for_line("ready", settle=0.2)
+    child.send_signal(signal.SIGINT)
+    out, err = child.finish(timeout=15)  # the blocked daemon thread does not hold the exit
+    assert out.splitlines() == ["ready", "saw Cancelled", "cleanup", "KI"], (out, err)
+    assert child.proc.returncode != 0 and "KeyboardInterrupt" in err

@@ -167,6 +167,11 @@ def wrap_file(file: IO[AnyStr]) -> AsyncFile[AnyStr]:
     return AsyncFile(file)
 
 
+def _plain(path: Any) -> Any:
+    """A broomio.Path argument as a pathlib.Path (whose methods pathlib may call)."""
+    return pathlib.Path(path) if isinstance(path, Path) else path
+
+
 class Path(pathlib.PurePosixPath):
     """A ``pathlib`` path whose file-system methods are async (run in a worker thread)."""
 
@@ -218,7 +223,7 @@ class Path(pathlib.PurePosixPath):
         return await run_in_thread(self._sync().lstat)
 
     async def samefile(self, other: Any) -> bool:
-        return await run_in_thread(self._sync().samefile, other)
+        return await run_in_thread(self._sync().samefile, _plain(other))
 
     async def owner(self) -> str:
         return await run_in_thread(self._sync().owner)
@@ -301,16 +306,16 @@ class Path(pathlib.PurePosixPath):
         await run_in_thread(self._sync().unlink, missing_ok)
 
     async def rename(self, target: Any) -> Path:
-        return Path(await run_in_thread(self._sync().rename, target))
+        return Path(await run_in_thread(self._sync().rename, _plain(target)))
 
     async def replace(self, target: Any) -> Path:
-        return Path(await run_in_thread(self._sync().replace, target))
+        return Path(await run_in_thread(self._sync().replace, _plain(target)))
 
     async def chmod(self, mode: int, *, follow_symlinks: bool = True) -> None:
         await run_in_thread(lambda: self._sync().chmod(mode, follow_symlinks=follow_symlinks))
 
     async def symlink_to(self, target: Any, target_is_directory: bool = False) -> None:
-        await run_in_thread(self._sync().symlink_to, target, target_is_directory)
+        await run_in_thread(self._sync().symlink_to, _plain(target), target_is_directory)
 
     async def hardlink_to(self, target: Any) -> None:
-        await run_in_thread(self._sync().hardlink_to, target)
+        await run_in_thread(self._sync().hardlink_to, _plain(target))
