@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import threading
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -101,7 +103,10 @@ class _Worker:
                 # Idle again *before* reporting: the loop often starts the next call as soon
                 # as it has the result, and that call should find this thread free.
                 _idle[self] = None
-                report(result, error)
+                try:
+                    report(result, error)
+                except BaseException as exc:  # this thread is idle already: it must live on
+                    sys.unraisablehook(_unraisable(exc, report))
                 del fn, report, result, error
             else:
                 try:
@@ -111,6 +116,13 @@ class _Worker:
                     # _wake is done or imminent, so go round and take it.
                     continue
                 return
+
+
+def _unraisable(exc: BaseException, obj: object) -> Any:
+    return types.SimpleNamespace(
+        exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+        err_msg="Exception in a broomio worker thread while reporting a result", object=obj,
+    )
 
 
 # Idle workers, used as an ordered set: popitem() hands out the most recently idle one, whose
@@ -218,13 +230,16 @@ class _ThreadCall:
     # -- in the loop thread
     def deliver(self, result: Any, error: BaseException | None) -> None:
         self.fn = self.args = None  # type: ignore[assignment]
-        self.limiter.release_on_behalf_of(self)
-        if self.abandoned:
-            return
-        if error is not None:
-            self.loop.reschedule(self.task, exception=error)
-        else:
-            self.loop.reschedule(self.task, result)
+        try:
+            # Can only fail if someone tampered with the limiter; the task must be woken
+            # anyway (the error goes to sys.unraisablehook via the inbox).
+            self.limiter.release_on_behalf_of(self)
+        finally:
+            if not self.abandoned:
+                if error is not None:
+                    self.loop.reschedule(self.task, exception=error)
+                else:
+                    self.loop.reschedule(self.task, result)
 
     def abort_cancellable(self) -> bool:
         self.abandoned = True
