@@ -202,3 +202,29 @@ if __name__ == "__main__":
     assert out.splitlines()[1:] == ["saw Cancelled", "KI"], (out, err)
     assert "KeyboardInterrupt" in err
     assert _gone(pid)
+
+
+def test_no_fd_or_process_leaks_across_calls_kills_and_cancellations(tmp_path):
+    from conftest import open_fd_count
+
+    def children():
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return set(f.read().split())
+
+    run(lambda: run_in_process(ps.square, 1))  # the one-time multiprocessing set-up
+    fds_before, children_before = open_fd_count(), children()
+
+    async def main():
+        for i in range(50):
+            assert await run_in_process(ps.square, i) == i * i
+        for _ in range(3):
+            with pytest.raises(BrokenWorkerError):
+                await run_in_process(ps.kill_myself)
+            with move_on_after(0.3):
+                await run_in_process(ps.announce_and_sleep, str(tmp_path / "p"), 30)
+        with pytest.raises(ValueError):
+            await run_in_process(ps.fail_deep)
+
+    run(main)
+    assert open_fd_count() == fds_before
+    assert children() == children_before

@@ -155,6 +155,24 @@ def test_bad_arguments():
     run(main)
 
 
+def test_async_function_is_refused():
+    async def coro_fn():
+        return 1
+
+    def worker():
+        try:
+            from_thread.run_sync(coro_fn)
+        except TypeError as exc:
+            return str(exc)
+
+    async def main():
+        with pytest.raises(TypeError, match="returned a coroutine"):
+            await run_in_thread(coro_fn)
+        return await run_in_thread(worker)
+
+    assert "use from_thread.run()" in run(main)
+
+
 def test_outside_a_loop_is_refused():
     coro = run_in_thread(print)
     with pytest.raises(RuntimeError):

@@ -217,9 +217,16 @@ class _ThreadCall:
     def run(self) -> Any:
         _local.loop = self.loop
         try:
-            return self.context.run(self.fn, *self.args)
+            result = self.context.run(self.fn, *self.args)
         finally:
             _local.loop = None
+        if isinstance(result, types.CoroutineType):
+            result.close()
+            raise TypeError(
+                f"run_in_thread() expects a synchronous function, but {self.fn!r} returned "
+                "a coroutine: await it directly instead"
+            )
+        return result
 
     def report(self, result: Any, error: BaseException | None) -> None:
         try:
@@ -376,6 +383,12 @@ def from_thread_run_sync(fn: Callable[..., T], *args: Any, loop: LoopCore | None
     def request(reply: _Reply) -> None:
         try:
             result = context.run(fn, *args)
+            if isinstance(result, types.CoroutineType):
+                result.close()
+                raise TypeError(
+                    f"from_thread.run_sync() expects a synchronous function, but {fn!r} "
+                    "returned a coroutine: use from_thread.run() for async functions"
+                )
         except BaseException as exc:  # travels back to the worker thread
             reply.set(None, exc)
         else:
