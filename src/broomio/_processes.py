@@ -181,6 +181,8 @@ class _ProcessWorker:
     async def kill(self) -> None:
         """SIGKILL (if still running), then reap; shielded, so it also finishes in a
         cancelled task."""
+        if self.exitcode is not None:
+            return  # already reaped (e.g. by Loop.close())
         self.sock.close()
         with CancelScope(shield=True):
             if self.process.exitcode is None:
@@ -195,12 +197,11 @@ class _ProcessWorker:
                     notify_closing(sentinel)
             self._reap()
 
-    def _reap(self) -> None:
-        self.process.join()
-        self.exitcode = self.process.exitcode
-        self.process.close()
-
     def kill_sync(self) -> None:
+        """The same, blocking: for Loop.close() and for a coroutine being closed (which
+        cannot await any more)."""
+        if self.exitcode is not None:
+            return
         self.sock.close()
         if self.process.exitcode is None:
             try:
@@ -208,6 +209,18 @@ class _ProcessWorker:
             except OSError:
                 pass
         self._reap()
+
+    def _reap(self) -> None:
+        self.process.join()
+        self.exitcode = self.process.exitcode
+        self.process.close()
+
+    async def discard(self, exc: BaseException | None = None) -> None:
+        """Kill and reap after ``exc`` interrupted the call (None: it died by itself)."""
+        if isinstance(exc, GeneratorExit):
+            self.kill_sync()
+        else:
+            await self.kill()
 
 
 class _Pool:
@@ -233,15 +246,18 @@ class _Pool:
             parent.close()
             raise
         worker = _ProcessWorker(process, bsocket.socket._wrap(parent))
+        self.busy.add(worker)  # from now on Loop.close() kills it too
         try:
             try:
                 ready = await worker.sock.recv(1)
             except OSError:
                 ready = b""
-        except BaseException:
-            await worker.kill()
+        except BaseException as exc:
+            self.busy.discard(worker)
+            await worker.discard(exc)
             raise
         if ready != _READY:
+            self.busy.discard(worker)
             await worker.kill()
             raise BrokenWorkerError(
                 f"a worker process (pid {worker.pid}) {_describe(worker.exitcode)} while "
@@ -308,7 +324,7 @@ async def run_in_process(fn: Callable[..., T], *args: Any) -> T:
     pool = _pool_for(current_loop())
     async with pool.slots:
         worker = await pool.take()
-        pool.busy.add(worker)
+        pool.busy.add(worker)  # (a new worker is in it already)
         try:
             try:
                 await worker.sock.send_all(_HEADER.pack(len(payload)) + payload)
@@ -316,9 +332,9 @@ async def run_in_process(fn: Callable[..., T], *args: Any) -> T:
                 reply = await worker.receive()
             except OSError:  # EPIPE / ECONNRESET: the worker is gone
                 reply = None
-        except BaseException:
+        except BaseException as exc:
             pool.busy.discard(worker)
-            await worker.kill()
+            await worker.discard(exc)
             raise
         pool.busy.discard(worker)
         if reply is None:
