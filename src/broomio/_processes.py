@@ -68,6 +68,8 @@ _READY = b"R"  # a new worker's first byte: it has started and imported what it 
 class BrokenWorkerError(RuntimeError):
     """The worker process running a ``run_in_process`` call died before answering."""
 
+    __module__ = "broomio"  # like the engine's exceptions: shown as broomio.BrokenWorkerError
+
 
 class RemoteTraceback(Exception):
     """Carries the formatted traceback of an exception raised in a worker process; set as
