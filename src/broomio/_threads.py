@@ -3,9 +3,9 @@
 How a call travels
 ------------------
 ``run_in_thread(fn, *args)`` borrows a token from a ``CapacityLimiter`` (by default one per
-loop with 40 tokens) on behalf of a fresh borrower object, then hands the call to an idle
+loop with 40 tokens) on behalf of a fresh borrower object, then queues the call for a
 worker thread and suspends the task (``lowlevel.suspend``).  The worker runs ``fn`` inside a
-copy of the task's ``contextvars.Context``, puts itself back on the idle list, and sends the
+copy of the task's ``contextvars.Context``, counts itself idle again, and sends the
 outcome to the loop with ``loop.call_soon_threadsafe`` (the engine's mutex-protected inbox
 plus one eventfd write).  In the loop thread that callback returns the limiter token and
 reschedules the task with the value or the exception.  The exception object is the one
