@@ -661,3 +661,24 @@ def test_ctrl_c_abandons_a_cancellable_thread_and_exits(python_child):
     out, err = child.finish(timeout=15)  # the blocked daemon thread does not hold the exit
     assert out.splitlines() == ["ready", "saw Cancelled", "cleanup", "KI"], (out, err)
     assert child.proc.returncode != 0 and "KeyboardInterrupt" in err
+
+
+def test_thread_start_failure_is_raised_and_leaves_nothing_behind(monkeypatch):
+    from broomio import _threads
+
+    class Refusing(threading.Thread):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    async def main():
+        limiter = CapacityLimiter(5)
+        # A fresh cache has no idle worker, so the call needs a new thread.
+        monkeypatch.setattr(_threads, "_cache", _threads._ThreadCache())
+        monkeypatch.setattr(_threads.threading, "Thread", Refusing)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await run_in_thread(print, "never", limiter=limiter)
+        monkeypatch.undo()
+        assert limiter.borrowed_tokens == 0
+        return await run_in_thread(lambda: "works again", limiter=limiter)
+
+    assert run(main) == "works again"

@@ -81,8 +81,8 @@ class _ThreadCache:
     """Reusable daemon worker threads taking jobs from one shared queue.
 
     ``idle`` counts the workers that are waiting (or about to wait) for a job and have not
-    been promised one yet.  ``submit`` queues the job, then either claims one of those
-    workers (decrements ``idle``) or starts a new thread; so every queued job has a worker
+    been promised one yet.  ``submit`` either claims one of those workers (decrements
+    ``idle``) or starts a new thread, then queues the job; so every queued job has a worker
     that will take it.  A worker that finishes a job counts itself idle *before* it reports
     the result -- the loop often submits the next call as soon as it has the result, and
     that call should find this thread rather than start another -- then takes the next job.
@@ -97,12 +97,15 @@ class _ThreadCache:
         self.idle = 0
 
     def submit(self, job: Job) -> None:
-        self.jobs.put(job)
+        # Find the job's taker first: if no thread can be started, nothing has been queued
+        # and the caller gets the error (a claimed worker just waits the moment until put).
         with self.lock:
-            if self.idle:
+            claimed = self.idle > 0
+            if claimed:
                 self.idle -= 1
-                return
-        threading.Thread(target=self._work, name="broomio-worker", daemon=True).start()
+        if not claimed:
+            threading.Thread(target=self._work, name="broomio-worker", daemon=True).start()
+        self.jobs.put(job)
 
     def _work(self) -> None:
         get = self.jobs.get
