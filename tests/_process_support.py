@@ -66,3 +66,12 @@ def is_prime(n):
             return False
         i += 1
     return True
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a, b):  # pickles fine, but unpickling calls cls("a b"): TypeError
+        super().__init__(f"{a} {b}")
+
+
+def raise_needs_two_args():
+    raise NeedsTwoArgs("a", "b")

@@ -79,6 +79,15 @@ def test_unpicklable_exception_becomes_runtime_error_with_the_traceback():
     assert run(main) == 9
 
 
+def test_exception_that_cannot_be_rebuilt_becomes_runtime_error():
+    async def main():
+        with pytest.raises(RuntimeError, match="NeedsTwoArgs: a b") as info:
+            await run_in_process(ps.raise_needs_two_args)
+        assert "raise_needs_two_args" in str(info.value.__cause__)
+
+    run(main)
+
+
 def test_unpicklable_result_is_an_error_in_the_caller():
     async def main():
         with pytest.raises(Exception, match="pickle"):

@@ -123,6 +123,7 @@ def _worker_main(sock: _stdlib_socket.socket) -> None:
                 text = "".join(traceback.format_exception(exc))
                 try:
                     payload = pickle.dumps((False, exc, text), pickle.HIGHEST_PROTOCOL)
+                    pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
                 except BaseException as pickling_error:
                     substitute = RuntimeError(
                         f"{type(exc).__name__}: {exc} (raised in a worker process; it "
