@@ -194,7 +194,9 @@ def loop_closed(loop: LoopCore) -> None:
     if state is None:
         return
     pending, state.pending = state.pending, set()
-    for reply in pending:
+    # list(): a snapshot taken atomically, while worker threads may still add to the set
+    # (their call_soon_threadsafe then fails: the loop is already marked closed).
+    for reply in list(pending):
         reply.set(None, RuntimeError("the broomio loop was closed before it ran this call"))
 
 
