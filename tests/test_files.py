@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-import broomio
 from broomio import AsyncFile, Path, move_on_after, open_file, wrap_file
 
 from conftest import run
