@@ -9,6 +9,8 @@ Subcommands:
   under a C load generator; reports msgs/s and server CPU per message.
 * ``sync`` -- synchronization benchmarks (queue ping-pong, lock contention,
   event fan-out), same frameworks, same machinery.
+* ``threads`` -- worker-thread round trips (``run_in_thread`` vs ``asyncio.to_thread``
+  and ``trio.to_thread.run_sync``), same machinery.
 * ``report`` (the default: plain ``python -m benchmarks``) -- ``micro`` and
   ``sync`` in one run, written to ``benchmarks/results/`` (or ``--out DIR``) as
   a Markdown table (``benchmarks.md``), a PNG bar chart of the speed-ups over
@@ -32,7 +34,7 @@ from typing import Any
 
 from types import ModuleType
 
-from . import echo, micro, sync
+from . import echo, micro, sync, threads
 from ._build import BuildError, build_c_program
 from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
@@ -63,6 +65,7 @@ def _split_names(values: list[str] | None, allowed: tuple[str, ...], what: str,
 _SUITES: dict[str, tuple[ModuleType, str]] = {
     "micro": (micro, "broomio micro-benchmarks"),
     "sync": (sync, "broomio synchronization benchmarks"),
+    "threads": (threads, "broomio worker-thread benchmarks"),
 }
 
 
@@ -137,6 +140,11 @@ def _add_micro(sub: Any) -> None:
 
 def _add_sync(sub: Any) -> None:
     _add_suite(sub, "sync", "queue, lock and event benchmarks (broomio vs asyncio, uvloop, trio)")
+
+
+def _add_threads(sub: Any) -> None:
+    _add_suite(sub, "threads",
+               "run_in_thread round trips (broomio vs asyncio.to_thread, trio.to_thread)")
 
 
 def _add_suite(sub: Any, name: str, help_text: str) -> None:
@@ -488,6 +496,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 #: Sub-parser registrations, one per suite.
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_threads, _add_echo]
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_echo, _add_report]
 
 

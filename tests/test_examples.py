@@ -32,3 +32,40 @@ def test_readme_loop_example():
     # All three start before any of them stops: they ran concurrently.
     assert max(started) < min(stopped), proc.stdout
     assert elapsed >= 2.0, f"finished too early: {elapsed:.2f}s"
+
+
+def test_threads_example():
+    """run_in_thread: the hash is right and the ticker kept running meanwhile."""
+    proc, _ = run_example("threads.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "worker: hashing done, reported from the loop thread", proc.stdout
+    assert "digest correct: True" in lines
+    assert "loop stayed responsive: True" in lines
+
+
+def test_processes_example():
+    """run_in_process: every candidate classified correctly."""
+    proc, _ = run_example("processes.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:6] == [
+        "1000000007 is prime",
+        "1000000011 is composite",
+        "2147483647 is prime",
+        "2147483649 is composite",
+        "999999999989 is prime",
+        "999999999991 is composite",
+    ], proc.stdout
+    assert lines[6].startswith("checked 6 numbers in ")
+
+
+def test_files_example():
+    """open_file line iteration and Path round trip."""
+    proc, _ = run_example("files.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "wrote 154 bytes to poem.txt"
+    assert lines[1] == "1: The loop is quick, the threads are few,"
+    assert lines[4] == "4: and no one waits till all is done."
+    assert lines[5:] == ["31 words", "last line now: (the end)"]

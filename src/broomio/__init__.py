@@ -12,7 +12,7 @@
     loop.run()
 """
 
-from . import lowlevel
+from . import from_thread, lowlevel
 from ._core import (
     Loop,
     Nursery,
@@ -62,12 +62,17 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._files import AsyncFile, Path, open_file, wrap_file
+from ._processes import BrokenWorkerError, run_in_process
 from ._sync import Condition
+from ._threads import current_default_thread_limiter, run_in_thread
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncFile",
     "BrokenResourceError",
+    "BrokenWorkerError",
     "BusyResourceError",
     "CancelScope",
     "Cancelled",
@@ -79,6 +84,7 @@ __all__ = [
     "Lock",
     "Loop",
     "Nursery",
+    "Path",
     "SocketListener",
     "SocketStream",
     "TLSStream",
@@ -94,11 +100,14 @@ __all__ = [
     "current_loop",
     "current_task",
     "current_time",
+    "current_default_thread_limiter",
     "fail_after",
     "fail_at",
+    "from_thread",
     "lowlevel",
     "move_on_after",
     "move_on_at",
+    "open_file",
     "open_nursery",
     "open_tcp_listeners",
     "open_tcp_stream",
@@ -107,6 +116,8 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "run",
+    "run_in_process",
+    "run_in_thread",
     "serve_listeners",
     "serve_tcp",
     "serve_tls",
@@ -114,5 +125,6 @@ __all__ = [
     "sleep",
     "sleep_forever",
     "sleep_until",
+    "wrap_file",
     "__version__",
 ]

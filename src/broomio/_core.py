@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
-from ._threads import shutdown_executor
+from . import _processes, _threads
 from ._engine import (
     Cancelled,
     CancelScope,
@@ -136,9 +136,11 @@ class Loop(_engine.LoopCore):
 
     def close(self) -> None:
         """Release the loop's resources: unfinished tasks are closed (their finally blocks
-        run), worker threads are told to stop.  Idempotent."""
+        run), worker processes are killed, pending from_thread calls fail.  Idempotent."""
+        if not self.running:
+            _processes.shutdown_pool(self)  # while the loop can still forget their sockets
         super().close()
-        shutdown_executor(self)
+        _threads.loop_closed(self)
 
     def wrap_socket(self, sock: Any) -> Any:
         """The async socket (``broomio.socket.socket``) for a stdlib socket; the stdlib

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _engine
-from ._threads import run_sync_in_worker_thread
+from ._threads import run_in_thread
 
 for _name in dir(_stdlib):
     if _name.isupper() and not _name.startswith("_"):
@@ -231,7 +231,9 @@ async def getaddrinfo(
     if _numeric_host(host):
         await _engine.checkpoint()
         return _stdlib.getaddrinfo(host, port, family, type, proto, flags | _stdlib.AI_NUMERICHOST)
-    return await run_sync_in_worker_thread(_stdlib.getaddrinfo, host, port, family, type, proto, flags)
+    return await run_in_thread(
+        _stdlib.getaddrinfo, host, port, family, type, proto, flags, cancellable=True
+    )
 
 
 async def getnameinfo(sockaddr: Any, flags: int) -> tuple[str, str]:
@@ -239,7 +241,7 @@ async def getnameinfo(sockaddr: Any, flags: int) -> tuple[str, str]:
     if flags & _stdlib.NI_NUMERICHOST and flags & _stdlib.NI_NUMERICSERV:
         await _engine.checkpoint()
         return _stdlib.getnameinfo(sockaddr, flags)
-    return await run_sync_in_worker_thread(_stdlib.getnameinfo, sockaddr, flags)
+    return await run_in_thread(_stdlib.getnameinfo, sockaddr, flags, cancellable=True)
 
 
 async def _resolve_address(sock: _stdlib.socket, address: Any) -> Any:
