@@ -496,8 +496,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 #: Sub-parser registrations, one per suite.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_threads, _add_echo]
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_echo, _add_report]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_threads, _add_echo,
+                                            _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
