@@ -25,6 +25,7 @@ from ._core import (
     run,
 )
 from ._streams import (
+    FdStream,
     SocketListener,
     SocketStream,
     UDPSocket,
@@ -62,6 +63,8 @@ from ._engine import (
     sleep_forever,
     sleep_until,
 )
+from ._signals import SignalReceiver, open_signal_receiver
+from ._subprocess import Process, open_process, run_process
 from ._sync import Condition
 
 __version__ = "0.1.0"
@@ -75,15 +78,18 @@ __all__ = [
     "ClosedResourceError",
     "Condition",
     "Event",
+    "FdStream",
     "IncompleteReadError",
     "Lock",
     "Loop",
     "Nursery",
+    "Process",
     "SocketListener",
     "SocketStream",
     "TLSStream",
     "Queue",
     "Semaphore",
+    "SignalReceiver",
     "Task",
     "TaskCancelled",
     "TaskStatus",
@@ -100,6 +106,8 @@ __all__ = [
     "move_on_after",
     "move_on_at",
     "open_nursery",
+    "open_process",
+    "open_signal_receiver",
     "open_tcp_listeners",
     "open_tcp_stream",
     "open_tls_stream",
@@ -107,6 +115,7 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "run",
+    "run_process",
     "serve_listeners",
     "serve_tcp",
     "serve_tls",
