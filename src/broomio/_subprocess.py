@@ -106,6 +106,12 @@ class Process:
         self._watching = False
         self._waiters = ParkingLot()
 
+    def __del__(self) -> None:
+        # Never waited for: the pidfd must not leak (the child itself is left to Popen's
+        # own cleanup, which reaps it later and warns).
+        if getattr(self, "_pidfd", -1) >= 0:
+            self._close_pidfd()
+
     def __repr__(self) -> str:
         status = "running" if self._returncode is None else f"exited {self._returncode}"
         return f"<broomio.Process {self.args!r}: {status}>"
