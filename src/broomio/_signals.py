@@ -36,11 +36,13 @@ class SignalReceiver:
         self._pending: dict[int, None] = {}  # ordered set: arrival order, repeats coalesce
         self._lot = ParkingLot()
         self._iterating = False
+        self._wake_queued = False
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self._pending[signum] = None
 
     def _wake(self) -> None:
+        self._wake_queued = False
         self._lot.unpark_all()
 
     def __aiter__(self) -> AsyncIterator[int]:
@@ -114,10 +116,13 @@ def open_signal_receiver(*signals: int) -> Iterator[SignalReceiver]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         receiver._handler(signum, frame)
+        if receiver._wake_queued:
+            return  # one wake-up in the inbox is enough for a burst of signals
         try:
             loop.call_soon_threadsafe(receiver._wake)
         except RuntimeError:
-            pass  # the loop is closed: nobody can be waiting
+            return  # the loop is closed: nobody can be waiting
+        receiver._wake_queued = True
 
     old: dict[int, Any] = {}
     try:

@@ -33,6 +33,7 @@ from ._core import move_on_after, open_nursery
 from ._engine import (
     BrokenResourceError,
     CancelScope,
+    ClosedResourceError,
     ParkingLot,
     checkpoint,
     notify_closing,
@@ -73,6 +74,14 @@ def _check_command(command: object, shell: bool) -> None:
             raise TypeError(
                 f"command arguments must be str, bytes or path-like, not {type(arg).__name__}"
             )
+
+
+def _wait_exited(pid: int) -> None:
+    """Block (in a worker thread) until the child has exited, without reaping it."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        pass  # already reaped (by the loop's thread): poll() has its status
 
 
 class Process:
@@ -157,11 +166,15 @@ class Process:
             self._watching = True
             try:
                 if self._pidfd >= 0:
-                    await wait_readable(self._pidfd)
+                    try:
+                        await wait_readable(self._pidfd)
+                    except ClosedResourceError:
+                        # Another task's poll() reaped the child and closed the pidfd
+                        # before this task ran: the loop condition sees the exit.
+                        if self._returncode is None:
+                            raise
                 else:
-                    await run_sync_in_worker_thread(
-                        os.waitid, os.P_PID, self.pid, os.WEXITED | os.WNOWAIT
-                    )
+                    await run_sync_in_worker_thread(_wait_exited, self.pid)
             finally:
                 self._watching = False
                 self._waiters.unpark_all()
