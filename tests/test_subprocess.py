@@ -519,6 +519,9 @@ def test_bad_arguments():
             await run_process(CAT, capture_stdout=True, stdout=subprocess.DEVNULL)
         with pytest.raises(ValueError, match="capture_stderr"):
             await run_process(CAT, capture_stderr=True, stderr=subprocess.DEVNULL)
+        for name in ("stdin", "stdout", "stderr"):
+            with pytest.raises(ValueError, match="no access to its pipes"):
+                await run_process(CAT, **{name: subprocess.PIPE})
         with pytest.raises(TypeError, match="shell=True"):
             await run_process(["echo", "hi"], shell=True)
         with pytest.raises(TypeError, match="command must be"):

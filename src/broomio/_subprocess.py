@@ -331,6 +331,13 @@ async def run_process(
             raise TypeError(f"input must be a bytes-like object, not {type(input).__name__}")
         if "stdin" in options:
             raise ValueError("pass either input= or stdin=, not both")
+    for name, instead in (("stdin", "input="), ("stdout", "capture_stdout=True"),
+                          ("stderr", "capture_stderr=True")):
+        if options.get(name) == subprocess.PIPE:
+            raise ValueError(
+                f"run_process() gives no access to its pipes: use {instead} instead of "
+                f"{name}=subprocess.PIPE (or open_process())"
+            )
     if capture_stdout and "stdout" in options:
         raise ValueError("pass either capture_stdout=True or stdout=, not both")
     if capture_stderr and "stderr" in options:
