@@ -659,3 +659,24 @@ def test_same_results_as_trio():
 
     assert observe(broomio.run, run_process, "input") == observe(trio.run, trio.run_process,
                                                                   "stdin")
+
+
+def test_raw_fd_core_refuses_socket_flags():
+    """The engine's raw fd mode (under FdStream) has no recv/send flags."""
+    from broomio._engine import SocketCore
+
+    r, w = os.pipe()
+    core, wcore = SocketCore._from_fd(r), SocketCore._from_fd(w)
+    try:
+        with pytest.raises(ValueError, match="flags"):
+            core.recv(10, socket_flag := 2)  # MSG_PEEK
+        with pytest.raises(ValueError, match="flags"):
+            core.recv_into(bytearray(10), 0, socket_flag)
+        with pytest.raises(ValueError, match="flags"):
+            wcore.send(b"x", socket_flag)
+        assert wcore.detach() == w  # detach hands the fd back without closing it
+        assert wcore.fileno() == -1
+    finally:
+        core.close()
+        os.close(w)
+    assert core.fileno() == -1
