@@ -246,6 +246,13 @@ class _Stream(StreamCore, BufferedReceiveMixin):
         if self.socket.fileno() < 0:
             raise ClosedResourceError("this stream was closed")
 
+    async def _receive_raw(self, max_bytes: int) -> bytes:
+        try:
+            data: bytes = await self.socket.recv(max_bytes)  # ClosedResourceError if closed
+        except OSError as exc:
+            raise BrokenResourceError(f"receive failed: {exc}") from exc
+        return data
+
     #: StreamCore.receive_some's slow path: serve the read-ahead buffer under the detector.
     _receive_buffered = BufferedReceiveMixin.receive_some
 
@@ -313,12 +320,6 @@ class SocketStream(_Stream):
             return self.socket.getsockopt(level, option, buffersize)
         return self.socket.getsockopt(level, option)
 
-    async def _receive_raw(self, max_bytes: int) -> bytes:
-        try:
-            return await self.socket.recv(max_bytes)  # ClosedResourceError if closed
-        except OSError as exc:
-            raise BrokenResourceError(f"receive failed: {exc}") from exc
-
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""
         with self._send_conflict:
@@ -345,9 +346,6 @@ class FdStream(_Stream):
 
     def __repr__(self) -> str:
         return f"<broomio.FdStream fd={self.fileno()}>"
-
-    def _receive_raw(self, max_bytes: int) -> Awaitable[bytes]:  # type: ignore[override]
-        return self.socket._stream_recv(max_bytes)  # type: ignore[no-any-return]
 
     async def send_eof(self) -> None:
         """Close the stream: for a pipe, that is the only way to send EOF."""
