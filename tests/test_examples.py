@@ -69,3 +69,18 @@ def test_files_example():
     assert lines[1] == "1: The loop is quick, the threads are few,"
     assert lines[4] == "4: and no one waits till all is done."
     assert lines[5:] == ["31 words", "last line now: (the end)"]
+
+
+def test_subprocess_pipeline_example():
+    """producer | broomio | consumer, then a one-shot run_process."""
+    proc, _ = run_example("subprocess_pipeline.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        # "line 1\n" .. "line 1000\n": 1000 * len("line \n") + the digits
+        f"copied {1000 * 6 + sum(len(str(i)) for i in range(1, 1001))} bytes from producer "
+        "to consumer",
+        "first: LINE 1, last: LINE 1000",
+        "consumer saw 1000 lines",
+        "exit codes: producer 0, consumer 0",
+        "sum computed by a child: 55",
+    ]

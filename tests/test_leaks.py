@@ -203,6 +203,35 @@ async def one_round(i):
     with move_on_after(0):
         await wait_readable(A)
 """, ASYNC_DRIVER),
+    # FdStream over pipes: transfers, a cancelled read, close, one dropped unclosed
+    "pipes": ("""
+ROUNDS = 100
+async def one_round(i):
+    for _ in range(50):
+        r, w = os.pipe()
+        reader, writer = broomio.FdStream(r), broomio.FdStream(w)
+        await writer.send_all(b"x" * 1000)
+        assert len(await reader.read_exactly(1000)) == 1000
+        with move_on_after(0):
+            await reader.receive_some()
+        await writer.aclose()
+        assert await reader.receive_some() == b""
+        await reader.aclose()
+    r, w = os.pipe()
+    broomio.FdStream(r)  # dropped: its fd is closed on deallocation
+    os.close(w)
+""", ASYNC_DRIVER),
+    # subprocesses: pipes both ways, pidfd waits, reaping
+    "subprocess": ("""
+ROUNDS = 50
+async def one_round(i):
+    for _ in range(4):
+        r = await broomio.run_process(["cat"], input=b"y" * 10000, capture_stdout=True)
+        assert r.stdout == b"y" * 10000
+    async with await broomio.open_process(["cat"], stdin=-1, stdout=-1) as p:
+        await p.stdin.send_all(b"z")
+        assert await p.stdout.receive_some() == b"z"
+""", ASYNC_DRIVER),
     # root tasks + re-running one Loop, run_until_complete with a failing root task
     "loop_reuse": ("""
 ROUNDS = 100

@@ -25,6 +25,7 @@ from ._core import (
     run,
 )
 from ._streams import (
+    FdStream,
     SocketListener,
     SocketStream,
     UDPSocket,
@@ -64,6 +65,8 @@ from ._engine import (
 )
 from ._files import AsyncFile, Path, open_file, wrap_file
 from ._processes import BrokenWorkerError, run_in_process
+from ._signals import SignalReceiver, open_signal_receiver
+from ._subprocess import Process, open_process, run_process
 from ._sync import Condition
 from ._threads import current_default_thread_limiter, run_in_thread
 
@@ -80,16 +83,19 @@ __all__ = [
     "ClosedResourceError",
     "Condition",
     "Event",
+    "FdStream",
     "IncompleteReadError",
     "Lock",
     "Loop",
     "Nursery",
     "Path",
+    "Process",
     "SocketListener",
     "SocketStream",
     "TLSStream",
     "Queue",
     "Semaphore",
+    "SignalReceiver",
     "Task",
     "TaskCancelled",
     "TaskStatus",
@@ -109,6 +115,8 @@ __all__ = [
     "move_on_at",
     "open_file",
     "open_nursery",
+    "open_process",
+    "open_signal_receiver",
     "open_tcp_listeners",
     "open_tcp_stream",
     "open_tls_stream",
@@ -118,6 +126,7 @@ __all__ = [
     "run",
     "run_in_process",
     "run_in_thread",
+    "run_process",
     "serve_listeners",
     "serve_tcp",
     "serve_tls",

@@ -1,4 +1,4 @@
-"""Byte streams over sockets: SocketStream, listeners, TCP/Unix servers, UDP endpoints.
+"""Byte streams: SocketStream, FdStream (pipes), listeners, TCP/Unix servers, UDP endpoints.
 
 Layering (see docs/architecture.md):
 
@@ -22,8 +22,9 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from . import _engine
 from . import socket as bsocket
 from ._core import Nursery, move_on_after, open_nursery
 from ._engine import (
@@ -40,6 +41,7 @@ from ._engine import (
 )
 
 __all__ = [
+    "FdStream",
     "SocketStream",
     "SocketListener",
     "UDPSocket",
@@ -232,7 +234,51 @@ class BufferedReceiveMixin:
         return data
 
 
-class SocketStream(StreamCore, BufferedReceiveMixin):
+_S = TypeVar("_S", bound="_Stream")
+
+
+class _Stream(StreamCore, BufferedReceiveMixin):
+    """What SocketStream and FdStream share: the C hot paths (StreamCore), the read helpers
+    (BufferedReceiveMixin), closing.  ``self.socket`` is the engine's SocketCore: a
+    ``broomio.socket.socket``, or a raw fd core (``SocketCore._from_fd``) for FdStream."""
+
+    def _check_open(self) -> None:
+        if self.socket.fileno() < 0:
+            raise ClosedResourceError("this stream was closed")
+
+    async def _receive_raw(self, max_bytes: int) -> bytes:
+        try:
+            data: bytes = await self.socket.recv(max_bytes)  # ClosedResourceError if closed
+        except OSError as exc:
+            raise BrokenResourceError(f"receive failed: {exc}") from exc
+        return data
+
+    #: StreamCore.receive_some's slow path: serve the read-ahead buffer under the detector.
+    _receive_buffered = BufferedReceiveMixin.receive_some
+
+    def fileno(self) -> int:
+        """The underlying file descriptor (-1 once closed)."""
+        return int(self.socket.fileno())
+
+    async def aclose(self) -> None:
+        """Close the stream (idempotent); tasks blocked on it get ClosedResourceError."""
+        self._buffer.clear()
+        self.socket.close()
+        await checkpoint()
+
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(
+        self,
+        etype: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class SocketStream(_Stream):
     """A byte stream over a connected ``broomio.socket`` stream socket.
 
     ``receive_some`` returns ``b''`` at EOF; ``OSError``s (ECONNRESET, EPIPE, ...) become
@@ -274,19 +320,6 @@ class SocketStream(StreamCore, BufferedReceiveMixin):
             return self.socket.getsockopt(level, option, buffersize)
         return self.socket.getsockopt(level, option)
 
-    def _check_open(self) -> None:
-        if self.socket.closed:
-            raise ClosedResourceError("this stream was closed")
-
-    async def _receive_raw(self, max_bytes: int) -> bytes:
-        try:
-            return await self.socket.recv(max_bytes)  # ClosedResourceError if closed
-        except OSError as exc:
-            raise BrokenResourceError(f"receive failed: {exc}") from exc
-
-    #: StreamCore.receive_some's slow path: serve the read-ahead buffer under the detector.
-    _receive_buffered = BufferedReceiveMixin.receive_some
-
     async def send_eof(self) -> None:
         """Close the sending direction (``shutdown(SHUT_WR)``); receiving still works."""
         with self._send_conflict:
@@ -294,22 +327,30 @@ class SocketStream(StreamCore, BufferedReceiveMixin):
             with _translate_errors("send_eof"):
                 await self.socket.shutdown(_stdlib_socket.SHUT_WR)
 
-    async def aclose(self) -> None:
-        """Close the stream (idempotent); tasks blocked on it get ClosedResourceError."""
-        self._buffer.clear()
-        self.socket.close()
-        await checkpoint()
 
-    async def __aenter__(self) -> SocketStream:
-        return self
+class FdStream(_Stream):
+    """A byte stream over a file descriptor that is not a socket: a pipe, a FIFO, a tty.
 
-    async def __aexit__(
-        self,
-        etype: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    It takes ownership of ``fd``: it makes it non-blocking (which affects every descriptor
+    sharing its open file description) and closes it in ``aclose()``.  Same contract and
+    C hot paths as SocketStream, on the engine's raw fd mode (read()/write()): ``b''`` at
+    EOF, ``OSError`` (EPIPE when the reader of a pipe is gone, ...) becomes
+    ``BrokenResourceError``, use after close raises ``ClosedResourceError``.  A pipe can
+    only signal EOF by being closed, so ``send_eof()`` is ``aclose()``.
+    """
+
+    def __init__(self, fd: int) -> None:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"FdStream requires an int file descriptor, got {fd!r}")
+        super().__init__(_engine.SocketCore._from_fd(fd))
+
+    def __repr__(self) -> str:
+        return f"<broomio.FdStream fd={self.fileno()}>"
+
+    async def send_eof(self) -> None:
+        """Close the stream: for a pipe, that is the only way to send EOF."""
+        with self._send_conflict:
+            await self.aclose()
 
 
 def _incomplete(partial: bytes, expected: int | None) -> IncompleteReadError:

@@ -40,10 +40,21 @@
  * buffer object); a Py_buffer it acquired is released as soon as the operation completes or
  * the op is cleared.  Each loop caches a few idle SockOps, as op.c does, so steady-state
  * socket I/O allocates only the bytes objects it returns.
+ *
+ * Raw fd mode (SocketCore._from_fd): the same operations on a descriptor that is not a
+ * socket -- a pipe to a subprocess, a tty -- use read()/write() instead of recv()/send(), and
+ * the core owns the fd itself (there is no stdlib object): close() and deallocation close it.
+ * Its type is 0, so a short read never clears the read bit: pipes have no datagrams, but
+ * whether every write into a pipe brings a fresh edge has changed between kernel versions,
+ * so a raw fd is only considered drained on EAGAIN.  Writes to a pipe whose reader is gone
+ * fail with EPIPE (Python ignores SIGPIPE), which the stream layer reports as
+ * BrokenResourceError.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "loop.h"
 #include "poll.h"
@@ -56,6 +67,7 @@ typedef struct {
     PyObject_HEAD int fd;
     int family;
     int type;
+    uint8_t raw_fd; /* not a socket: read()/write(), and the core owns (closes) the fd */
     PyObject *sock; /* the stdlib socket object that owns the fd */
     bro_loop *loop; /* the loop whose epoll has the fd registered, or NULL */
     PyObject *weakreflist;
@@ -166,6 +178,23 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
 
 enum { TRY_DONE, TRY_AGAIN, TRY_ERROR };
 
+/* The two transfer syscalls: recv/send on a socket, read/write on a raw fd (whose ops always
+ * have flags 0, see check_raw_flags). */
+static ssize_t sock_read(bro_socket *s, void *buf, size_t len, int flags)
+{
+    return s->raw_fd ? read(s->fd, buf, len) : recv(s->fd, buf, len, flags);
+}
+
+static ssize_t sock_write(bro_socket *s, const void *buf, size_t len, int flags)
+{
+    return s->raw_fd ? write(s->fd, buf, len) : send(s->fd, buf, len, flags | MSG_NOSIGNAL);
+}
+
+static const char *sock_noun(bro_socket *s)
+{
+    return s->raw_fd ? "file descriptor" : "socket";
+}
+
 /* Did a receive of n bytes (wanted: want) leave the socket's receive queue empty?  The
  * caller also checks the slot's BRO_HANGUP bit (see the top of this file). */
 static int recv_drained(bro_sockop *op, ssize_t n, Py_ssize_t want)
@@ -182,7 +211,6 @@ static int is_again(int err)
 /* One attempt at the operation.  TRY_DONE sets *res; `drained` reports a short transfer. */
 static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drained)
 {
-    int fd = op->sock->fd;
     *drained = 0;
     for (;;) {
         switch (op->kind) {
@@ -194,7 +222,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                     PyErr_NoMemory();
                     return TRY_ERROR;
                 }
-                ssize_t n = recv(fd, loop->scratch, (size_t)want, op->flags);
+                ssize_t n = sock_read(op->sock, loop->scratch, (size_t)want, op->flags);
                 if (n < 0)
                     break;
                 if (n > want) /* MSG_TRUNC reports the datagram's real length */
@@ -206,7 +234,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             PyObject *bytes = PyBytes_FromStringAndSize(NULL, want);
             if (bytes == NULL)
                 return TRY_ERROR;
-            ssize_t n = recv(fd, PyBytes_AS_STRING(bytes), (size_t)want, op->flags);
+            ssize_t n = sock_read(op->sock, PyBytes_AS_STRING(bytes), (size_t)want, op->flags);
             if (n < 0) {
                 int err = errno;
                 Py_DECREF(bytes);
@@ -222,7 +250,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             return TRY_DONE;
         }
         case SOP_RECV_INTO: {
-            ssize_t n = recv(fd, op->view.buf, (size_t)op->size, op->flags);
+            ssize_t n = sock_read(op->sock, op->view.buf, (size_t)op->size, op->flags);
             if (n < 0)
                 break;
             if (n > op->size)
@@ -232,7 +260,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             return *res ? TRY_DONE : TRY_ERROR;
         }
         case SOP_SEND: {
-            ssize_t n = send(fd, op->view.buf, (size_t)op->view.len, op->flags | MSG_NOSIGNAL);
+            ssize_t n = sock_write(op->sock, op->view.buf, (size_t)op->view.len, op->flags);
             if (n < 0)
                 break;
             *res = PyLong_FromSsize_t(n);
@@ -240,8 +268,8 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
         }
         case SOP_SEND_ALL: {
             while (op->offset < op->view.len) {
-                ssize_t n = send(fd, (char *)op->view.buf + op->offset,
-                                 (size_t)(op->view.len - op->offset), op->flags | MSG_NOSIGNAL);
+                ssize_t n = sock_write(op->sock, (char *)op->view.buf + op->offset,
+                                       (size_t)(op->view.len - op->offset), op->flags);
                 if (n < 0)
                     goto failed;
                 op->offset += n;
@@ -319,8 +347,8 @@ static PySendResult sockop_park(bro_sockop *op, bro_task *t, bro_fd_slot *slot, 
     bro_socket *s = op->sock;
     bro_task **waiter = op->dir == BRO_READABLE ? &slot->reader : &slot->writer;
     if (*waiter != NULL && *waiter != t) {
-        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this socket",
-                     op->dir == BRO_READABLE ? "receiving on" : "sending on");
+        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this %s",
+                     op->dir == BRO_READABLE ? "receiving on" : "sending on", sock_noun(s));
         return sockop_fail(op);
     }
     if (t->cancel_pending) {
@@ -397,7 +425,7 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
         }
     }
     if (s->fd < 0) {
-        PyErr_SetString(loop->st->ClosedResourceError, "the socket was closed");
+        PyErr_Format(loop->st->ClosedResourceError, "the %s was closed", sock_noun(s));
         return sockop_fail(op);
     }
     bro_fd_slot *slot = bro_fd_slot_get(&loop->fds, s->fd);
@@ -411,8 +439,8 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
     if (other != NULL && other != t) {
         /* Checked before any syscall: a second receiver must not take the data the first
          * one is waiting for. */
-        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this socket",
-                     op->dir == BRO_READABLE ? "receiving on" : "sending on");
+        PyErr_Format(loop->st->BusyResourceError, "another task is already %s this %s",
+                     op->dir == BRO_READABLE ? "receiving on" : "sending on", sock_noun(s));
         return sockop_fail(op);
     }
     if (slot->registered && s->loop == loop && !(slot->ready & op->dir))
@@ -422,7 +450,7 @@ static PySendResult sockop_send(bro_sockop *op, PyObject *Py_UNUSED(arg), PyObje
     if (tried != TRY_ERROR) {
         if (s->fd < 0) {
             Py_CLEAR(*res);
-            PyErr_SetString(loop->st->ClosedResourceError, "the socket was closed");
+            PyErr_Format(loop->st->ClosedResourceError, "the %s was closed", sock_noun(s));
             return sockop_fail(op);
         }
         if ((slot = bro_fd_slot_get(&loop->fds, s->fd)) == NULL) {
@@ -531,16 +559,30 @@ static int sock_check_open(bro_socket *s)
     if (module == NULL)
         return -1;
     bro_state *st = PyModule_GetState(module);
-    PyErr_SetString(st->ClosedResourceError, "the socket is closed");
+    PyErr_Format(st->ClosedResourceError, "the %s is closed", sock_noun(s));
     return -1;
 }
 
-static int parse_flags(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, int *flags)
+/* read()/write() take no flags: a raw fd refuses them rather than silently ignoring them. */
+static int check_raw_flags(bro_socket *s, int flags)
+{
+    if (s->raw_fd && flags != 0) {
+        PyErr_SetString(PyExc_ValueError, "flags are only supported on sockets, not on a "
+                                          "raw file descriptor");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_flags(bro_socket *s, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i,
+                       int *flags)
 {
     *flags = 0;
     if (nargs <= i)
         return 0;
-    return as_int(args[i], flags);
+    if (as_int(args[i], flags) < 0)
+        return -1;
+    return check_raw_flags(s, *flags);
 }
 
 static PyObject *sock_recv(bro_socket *s, PyObject *const *args, Py_ssize_t nargs)
@@ -564,7 +606,7 @@ static PyObject *sock_recv(bro_socket *s, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     int flags;
-    if (parse_flags(args, nargs, 1, &flags) < 0)
+    if (parse_flags(s, args, nargs, 1, &flags) < 0)
         return NULL;
     bro_sockop *op = sockop_alloc(s, SOP_RECV, BRO_READABLE);
     if (op == NULL)
@@ -589,6 +631,8 @@ static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
         return NULL;
     }
+    if (check_raw_flags(s, flags) < 0)
+        return NULL;
     bro_sockop *op = sockop_alloc(s, SOP_RECV_INTO, BRO_READABLE);
     if (op == NULL)
         return NULL;
@@ -620,7 +664,7 @@ static PyObject *sock_send_common(bro_socket *s, PyObject *const *args, Py_ssize
     if (sock_check_open(s) < 0)
         return NULL;
     int flags;
-    if (parse_flags(args, nargs, 1, &flags) < 0)
+    if (parse_flags(s, args, nargs, 1, &flags) < 0)
         return NULL;
     bro_sockop *op = sockop_alloc(s, kind, BRO_WRITABLE);
     if (op == NULL)
@@ -720,11 +764,28 @@ static int sock_forget(bro_socket *s)
     return r;
 }
 
+/* Closes a raw fd the core owns.  EINTR still closed it (Linux), so it is not an error. */
+static int sock_close_raw(bro_socket *s)
+{
+    int fd = s->fd;
+    s->fd = -1;
+    if (close(fd) < 0 && errno != EINTR) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *sock_close(bro_socket *s, PyObject *Py_UNUSED(ignored))
 {
     if (s->fd < 0)
         Py_RETURN_NONE;
     int r = sock_forget(s);
+    if (s->raw_fd) {
+        if (sock_close_raw(s) < 0 || r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     s->fd = -1;
     PyObject *res = s->sock ? PyObject_CallMethod(s->sock, "close", NULL) : Py_NewRef(Py_None);
     if (res == NULL || r < 0) {
@@ -739,6 +800,11 @@ static PyObject *sock_detach(bro_socket *s, PyObject *Py_UNUSED(ignored))
 {
     if (sock_forget(s) < 0)
         return NULL;
+    if (s->raw_fd) {
+        int fd = s->fd;
+        s->fd = -1;
+        return PyLong_FromLong(fd);
+    }
     s->fd = -1;
     if (s->sock == NULL) {
         PyErr_SetString(PyExc_ValueError, "this socket was never initialized");
@@ -776,11 +842,46 @@ static int sock_init(bro_socket *s, PyObject *args, PyObject *kwds)
     Py_DECREF(type);
     if (!ok)
         return -1;
+    if (s->raw_fd) {
+        PyErr_SetString(PyExc_TypeError, "this SocketCore already owns a raw file descriptor");
+        return -1;
+    }
     if (sock_forget(s) < 0)
         return -1;
     Py_XSETREF(s->sock, Py_NewRef(sock));
     s->fd = fd;
     return 0;
+}
+
+/* SocketCore._from_fd(fd): a core in raw fd mode.  It takes ownership of fd (closing it on
+ * close() or when collected) and makes it non-blocking; the fd must be open. */
+static PyObject *sock_from_fd(PyTypeObject *type, PyObject *arg)
+{
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "_from_fd() argument 'fd' must be int, not %.200s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    int fd;
+    if (as_int(arg, &fd) < 0)
+        return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "_from_fd() argument 'fd' must be >= 0");
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    bro_socket *s = (bro_socket *)type->tp_alloc(type, 0);
+    if (s == NULL)
+        return NULL;
+    s->fd = fd;
+    s->raw_fd = 1;
+    s->family = -1;
+    s->type = 0;
+    return (PyObject *)s;
 }
 
 static PyObject *sock_new(PyTypeObject *type, PyObject *Py_UNUSED(a), PyObject *Py_UNUSED(k))
@@ -802,6 +903,8 @@ static int sock_traverse(bro_socket *s, visitproc visit, void *arg)
 static int sock_clear(bro_socket *s)
 {
     if (sock_forget(s) < 0)
+        PyErr_WriteUnraisable((PyObject *)s);
+    if (s->raw_fd && s->fd >= 0 && sock_close_raw(s) < 0)
         PyErr_WriteUnraisable((PyObject *)s);
     Py_CLEAR(s->sock);
     return 0;
@@ -854,6 +957,8 @@ static PyMethodDef sock_methods[] = {
     {"detach", (PyCFunction)sock_detach, METH_NOARGS,
      "Forget the fd without closing it; returns it."},
     {"fileno", (PyCFunction)sock_fileno, METH_NOARGS, "The fd (-1 once closed)."},
+    {"_from_fd", (PyCFunction)sock_from_fd, METH_O | METH_CLASS,
+     "_from_fd(fd)\n--\n\nA core owning the non-socket fd (read()/write(); closes it)."},
     {NULL, NULL, 0, NULL},
 };
 
