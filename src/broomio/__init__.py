@@ -13,6 +13,7 @@
 """
 
 from . import lowlevel
+from ._clock import Clock
 from ._core import (
     Loop,
     Nursery,
@@ -63,6 +64,7 @@ from ._engine import (
     sleep_until,
 )
 from ._sync import Condition
+from . import testing
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,7 @@ __all__ = [
     "CancelScope",
     "Cancelled",
     "CapacityLimiter",
+    "Clock",
     "ClosedResourceError",
     "Condition",
     "Event",
@@ -114,5 +117,6 @@ __all__ = [
     "sleep",
     "sleep_forever",
     "sleep_until",
+    "testing",
     "__version__",
 ]

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
+from ._clock import Clock
 from ._threads import shutdown_executor
 from ._engine import (
     Cancelled,
@@ -56,13 +57,13 @@ class Loop(_engine.LoopCore):
         self,
         *,
         debug: bool | None = None,
-        clock: object | None = None,
+        clock: Clock | None = None,
         backend: str | None = None,
     ) -> None:
         if backend not in (None, "epoll"):
             raise ValueError(f"unknown backend {backend!r}; available: 'epoll'")
         if clock is not None:
-            raise TypeError("custom clocks are not supported yet; pass clock=None")
+            self._set_clock(clock)
         if debug is None:
             debug = os.environ.get("BROOMIO_DEBUG", "") not in ("", "0")
         elif not isinstance(debug, bool):
@@ -158,7 +159,7 @@ def run(
     fn_or_coro: Any,
     *args: Any,
     debug: bool | None = None,
-    clock: object | None = None,
+    clock: Clock | None = None,
     backend: str | None = None,
 ) -> Any:
     """Create a loop, run fn_or_coro(*args) to completion on it, close it, return the result."""
