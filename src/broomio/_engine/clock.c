@@ -112,6 +112,12 @@ PyObject *bro_loop_set_clock(bro_loop *loop, PyObject *clock)
         return NULL;
     }
     PyObject *now = NULL, *sleep_time = NULL;
+    if (PyType_Check(clock)) {
+        PyErr_Format(PyExc_TypeError,
+                     "Loop() argument 'clock' must be a clock instance, not the class %.200s",
+                     ((PyTypeObject *)clock)->tp_name);
+        return NULL;
+    }
     if (clock != Py_None) {
         PyObject *start = clock_method(clock, "start_clock");
         if (start == NULL)
