@@ -886,3 +886,53 @@ def test_pytester_entry_point_and_explicit_load_register_once(pytester):
     pytester.makeconftest(f"pytest_plugins = [{PLUGIN!r}]")
     result = pytester.runpytest("--strict-markers", "-p", PLUGIN)
     result.assert_outcomes(passed=2)
+
+
+def test_pytester_async_fixture_teardown_and_background_crash(pytester):
+    result = run_inner(pytester, """
+        import pytest, broomio
+
+        log = []
+
+        @pytest.fixture
+        async def nursery():
+            async with broomio.open_nursery() as n:
+                yield n
+                log.append("teardown")
+                n.cancel()
+
+        @pytest.mark.broomio
+        async def test_fails_plainly(nursery):
+            nursery.start_soon(broomio.sleep_forever)
+            assert "teardown" == "not yet"
+
+        async def crash():
+            await broomio.sleep(1)
+            raise ValueError("background crashed")
+
+        @pytest.mark.broomio
+        async def test_background_crash_cancels_the_test(nursery, mock_clock):
+            nursery.start_soon(crash)
+            await broomio.sleep(3600)
+            log.append("not reached")
+
+        @pytest.fixture
+        async def twice():
+            yield 1
+            yield 2
+
+        @pytest.mark.broomio
+        async def test_twice(twice):
+            pass
+
+        def test_log():
+            assert log == ["teardown"]
+    """)
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines_random([
+        "*AssertionError: assert 'teardown' == 'not yet'*",
+        "*ValueError: background crashed*",
+        "async fixture 'twice' yielded more than once",
+    ])
+    assert "ExceptionGroup: errors in nursery (1 sub-exception)" in result.stdout.str()
+    assert "not reached" not in result.stdout.str()

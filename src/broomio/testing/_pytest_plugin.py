@@ -16,8 +16,7 @@ registers it twice; ``-p no:broomio.testing._pytest_plugin`` disables it).
   requests it, its loop runs on it (so sleeps and timeouts take no real time).
 * ``async def`` fixtures (coroutines or async generators, function scope) requested by a
   marked test run on the test's loop, in the test's task, set up in dependency order and
-  torn down in reverse order like ``contextlib.asynccontextmanager`` blocks around the
-  test (the test's exception is raised at the fixture's ``yield``).
+  torn down in reverse order after it (see ``_Teardown``).
 """
 
 from __future__ import annotations
@@ -29,9 +28,12 @@ from typing import Any
 
 import pytest
 
+# Binds fixtures defined in test classes to the test's instance (private pytest API, so
+# it is optional: without it, such async fixtures are called unbound).
+_pytest_resolve: Any
 try:
     from _pytest.fixtures import resolve_fixture_function as _pytest_resolve
-except ImportError:  # pragma: no cover - a pytest without it: no class-bound fixtures
+except ImportError:  # pragma: no cover
     _pytest_resolve = None
 
 from .. import _engine
@@ -130,18 +132,50 @@ class _AsyncFixture:
         return f"<async fixture {self.name!r}, only usable by @pytest.mark.broomio async tests>"
 
     async def resolve(self, stack: contextlib.AsyncExitStack) -> Any:
+        __tracebackhide__ = True
         if not self.ready:
             kwargs = {k: await _resolve(v, stack) for k, v in self.kwargs.items()}
             if inspect.isasyncgenfunction(self.func):
-                cm = contextlib.asynccontextmanager(self.func)(**kwargs)
-                self.value = await stack.enter_async_context(cm)
+                agen = self.func(**kwargs)
+                self.value = await agen.__anext__()
+                stack.push_async_exit(_Teardown(self.name, agen))
             else:
                 self.value = await self.func(**kwargs)
             self.ready = True
         return self.value
 
 
+class _PluginFailure(Exception):
+    """A failure the plugin reports itself (without a traceback): a leaked task, a fixture
+    that yielded twice.  Raised inside the loop so that the loop cancels what is left."""
+
+
+class _Teardown:
+    """Finishes an async generator fixture after the test, like pytest's yield fixtures:
+    the fixture resumes normally whatever the test's outcome.  Only a Cancelled is raised at
+    the fixture's yield, because it may belong to a cancel scope the fixture itself opened
+    around the test (its nursery's, when a background task failed); if the fixture's scope
+    catches it, the cancellation ends there."""
+
+    def __init__(self, name: str, agen: Any) -> None:
+        self.name = name
+        self.agen = agen
+
+    async def __call__(self, etype: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        try:
+            if isinstance(exc, _engine.Cancelled):
+                await self.agen.athrow(exc)
+            else:
+                await self.agen.__anext__()
+        except StopAsyncIteration:
+            return isinstance(exc, _engine.Cancelled)
+        await self.agen.aclose()
+        raise _PluginFailure(f"async fixture {self.name!r} yielded more than once")
+
+
 async def _resolve(value: Any, stack: contextlib.AsyncExitStack) -> Any:
+    __tracebackhide__ = True
     if isinstance(value, _AsyncFixture):
         return await value.resolve(stack)
     return value
@@ -190,11 +224,10 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
 # ---- running the test --------------------------------------------------------------------
 
 
-class _LeakedTasks(Exception):
-    pass
 
 
 async def _run_test(fn: Any, kwargs: dict[str, Any]) -> None:
+    __tracebackhide__ = True
     async with contextlib.AsyncExitStack() as stack:
         args = {name: await _resolve(value, stack) for name, value in kwargs.items()}
         await fn(**args)
@@ -206,7 +239,7 @@ async def _run_test(fn: Any, kwargs: dict[str, Any]) -> None:
     leaked = [t for t in (root.child_tasks if root is not None else ()) if t is not me]
     if leaked:
         names = ", ".join(repr(t.name) for t in leaked)
-        raise _LeakedTasks(f"the test left {len(leaked)} task(s) running: {names}")
+        raise _PluginFailure(f"the test left {len(leaked)} task(s) running: {names}")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -216,11 +249,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     loop = pyfuncitem.funcargs[_LOOP_FIXTURE]
     assert isinstance(loop, Loop)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    leaked = None
+    failure = None
     try:
         loop.run_until_complete(_run_test, pyfuncitem.obj, kwargs)
-    except _LeakedTasks as exc:
-        leaked = str(exc)
-    if leaked is not None:
-        pytest.fail(leaked, pytrace=False)
+    except _PluginFailure as exc:
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     return True
