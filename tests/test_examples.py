@@ -33,3 +33,16 @@ def test_readme_loop_example():
     assert max(started) < min(stopped), proc.stdout
     assert elapsed >= 2.0, f"finished too early: {elapsed:.2f}s"
     assert elapsed < 3.5, f"tasks did not sleep concurrently: {elapsed:.2f}s"
+
+
+def test_mock_clock_example():
+    """examples/mock_clock.py: an hour of clock time passes, in far less real time."""
+    proc, elapsed = run_example("mock_clock.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:5] == [
+        "beat at t=900s", "beat at t=1800s", "beat at t=2700s", "beat at t=3600s",
+        "timeout hit: True, clock: 3600s",
+    ]
+    assert lines[5].startswith("real time: ")
+    assert elapsed < 30  # hang guard (an hour of real time would never get here)

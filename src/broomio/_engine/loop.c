@@ -11,7 +11,9 @@
  *   4. fire due timers (sleeps, delayed starts, cancel-scope deadlines);
  *   5. run Python's signal handlers.  A KeyboardInterrupt cancels every task (the root
  *      nursery's scope), cleanup runs, and run() raises it once no task is left.  A second
- *      one while cleanup is running stops the loop at once.
+ *      one while cleanup is running stops the loop at once;
+ *   6. if the poll was an idle wait (wait_all_tasks_blocked, a clock's autojump) that ran
+ *      out with nothing happening since, run the idle hook (clock.c).
  * The loop ends when no task is left.
  *
  * Ownership: the ring and the heap own references to what they hold; the loop owns its root
@@ -385,6 +387,7 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
             return -1;
         }
         count = 0;
+        *idle = 0; /* interrupted before the idle wait ran out */
     }
     if (count > 0 || *woken)
         *idle = 0;
