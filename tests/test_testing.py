@@ -936,3 +936,26 @@ def test_pytester_async_fixture_teardown_and_background_crash(pytester):
     ])
     assert "ExceptionGroup: errors in nursery (1 sub-exception)" in result.stdout.str()
     assert "not reached" not in result.stdout.str()
+
+
+def test_pytester_skip_xfail_parametrize(pytester):
+    result = run_inner(pytester, """
+        import pytest, broomio
+
+        @pytest.mark.broomio
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_param(n):
+            await broomio.sleep(0)
+            assert n in (1, 2)
+
+        @pytest.mark.broomio
+        async def test_skip():
+            await broomio.sleep(0)
+            pytest.skip("not today")
+
+        @pytest.mark.broomio
+        @pytest.mark.xfail(strict=True)
+        async def test_xfail():
+            assert False
+    """)
+    result.assert_outcomes(passed=2, skipped=1, xfailed=1)
