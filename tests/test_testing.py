@@ -959,3 +959,16 @@ def test_pytester_skip_xfail_parametrize(pytester):
             assert False
     """)
     result.assert_outcomes(passed=2, skipped=1, xfailed=1)
+
+
+def test_import_broomio_does_not_load_testing():
+    from conftest import run_python
+
+    proc = run_python("""
+        import sys, broomio
+        print("broomio.testing" in sys.modules, "pytest" in sys.modules)
+        import broomio.testing
+        print(broomio.testing.MockClock.__name__)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "MockClock"]

@@ -64,7 +64,9 @@ from ._engine import (
     sleep_until,
 )
 from ._sync import Condition
-from . import testing
+
+# broomio.testing (MockClock, wait_all_tasks_blocked, the pytest plugin) is not imported
+# here: programs that do not test pay nothing for it.  `import broomio.testing`.
 
 __version__ = "0.1.0"
 
@@ -117,6 +119,5 @@ __all__ = [
     "sleep",
     "sleep_forever",
     "sleep_until",
-    "testing",
     "__version__",
 ]
