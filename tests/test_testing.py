@@ -6,7 +6,6 @@ trio (with trio.testing.MockClock) is the oracle where the semantics are the sam
 from __future__ import annotations
 
 import math
-import socket
 import time
 
 import pytest

@@ -224,8 +224,6 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
 # ---- running the test --------------------------------------------------------------------
 
 
-
-
 async def _run_test(fn: Any, kwargs: dict[str, Any]) -> None:
     __tracebackhide__ = True
     async with contextlib.AsyncExitStack() as stack:
