@@ -974,3 +974,18 @@ def test_import_broomio_does_not_load_testing():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False", "MockClock"]
+
+
+def test_changing_the_clock_resets_the_autojump():
+    loop = broomio.Loop(clock=MockClock(autojump_threshold=0))
+    try:
+        loop.run_until_complete(broomio.sleep, 5)  # start_clock() armed the autojump
+        assert loop._autojump_threshold == 0
+        custom = OffsetClock(0)
+        loop._set_clock(custom)
+        assert loop.clock is custom and loop._autojump_threshold == math.inf
+        loop._set_clock(None)
+        assert loop.clock is None
+        assert abs(loop.time() - time.monotonic()) < 60  # the monotonic clock again
+    finally:
+        loop.close()

@@ -130,11 +130,15 @@ PyObject *bro_loop_set_clock(bro_loop *loop, PyObject *clock)
             return NULL;
         }
     }
-    Py_XSETREF(loop->clock, clock == Py_None ? NULL : Py_NewRef(clock));
-    Py_XSETREF(loop->clock_now, now);
-    Py_XSETREF(loop->clock_sleep_time, sleep_time);
-    if (loop->clock == NULL)
-        loop->autojump_threshold = INFINITY;
+    /* The threshold belonged to the old clock; a MockClock sets its own in start_clock(). */
+    loop->autojump_threshold = INFINITY;
+    PyObject *old[3] = {loop->clock, loop->clock_now, loop->clock_sleep_time};
+    loop->clock = clock == Py_None ? NULL : Py_NewRef(clock);
+    loop->clock_now = now;
+    loop->clock_sleep_time = sleep_time;
+    /* Released only once the loop is consistent: a finalizer may read the loop's time. */
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(old[i]);
     Py_RETURN_NONE;
 }
 
