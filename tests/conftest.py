@@ -31,6 +31,11 @@ import trio
 import broomio
 from broomio import lowlevel
 
+# broomio's own pytest plugin (@pytest.mark.broomio, broomio_loop, mock_clock).  Installed
+# copies also register it through the pytest11 entry point, under this same name, so pytest
+# loads it once either way.  pytester runs the plugin in throw-away test directories.
+pytest_plugins = ["broomio.testing._pytest_plugin", "pytester"]
+
 # ---------------------------------------------------------------------------
 # running
 

@@ -84,3 +84,16 @@ def test_subprocess_pipeline_example():
         "exit codes: producer 0, consumer 0",
         "sum computed by a child: 55",
     ]
+
+
+def test_mock_clock_example():
+    """examples/mock_clock.py: an hour of clock time passes, in far less real time."""
+    proc, elapsed = run_example("mock_clock.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:5] == [
+        "beat at t=900s", "beat at t=1800s", "beat at t=2700s", "beat at t=3600s",
+        "timeout hit: True, clock: 3600s",
+    ]
+    assert lines[5].startswith("real time: ")
+    assert elapsed < 30  # hang guard (an hour of real time would never get here)

@@ -13,6 +13,7 @@
 """
 
 from . import from_thread, lowlevel
+from ._clock import Clock
 from ._core import (
     Loop,
     Nursery,
@@ -70,6 +71,9 @@ from ._subprocess import Process, open_process, run_process
 from ._sync import Condition
 from ._threads import current_default_thread_limiter, run_in_thread
 
+# broomio.testing (MockClock, wait_all_tasks_blocked, the pytest plugin) is not imported
+# here: programs that do not test pay nothing for it.  `import broomio.testing`.
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -80,6 +84,7 @@ __all__ = [
     "CancelScope",
     "Cancelled",
     "CapacityLimiter",
+    "Clock",
     "ClosedResourceError",
     "Condition",
     "Event",

@@ -18,6 +18,7 @@ from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
 from . import _processes, _threads
+from ._clock import Clock
 from ._engine import (
     Cancelled,
     CancelScope,
@@ -56,13 +57,13 @@ class Loop(_engine.LoopCore):
         self,
         *,
         debug: bool | None = None,
-        clock: object | None = None,
+        clock: Clock | None = None,
         backend: str | None = None,
     ) -> None:
         if backend not in (None, "epoll"):
             raise ValueError(f"unknown backend {backend!r}; available: 'epoll'")
         if clock is not None:
-            raise TypeError("custom clocks are not supported yet; pass clock=None")
+            self._set_clock(clock)
         if debug is None:
             debug = os.environ.get("BROOMIO_DEBUG", "") not in ("", "0")
         elif not isinstance(debug, bool):
@@ -160,7 +161,7 @@ def run(
     fn_or_coro: Any,
     *args: Any,
     debug: bool | None = None,
-    clock: object | None = None,
+    clock: Clock | None = None,
     backend: str | None = None,
 ) -> Any:
     """Create a loop, run fn_or_coro(*args) to completion on it, close it, return the result."""

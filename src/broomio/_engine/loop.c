@@ -11,7 +11,9 @@
  *   4. fire due timers (sleeps, delayed starts, cancel-scope deadlines);
  *   5. run Python's signal handlers.  A KeyboardInterrupt cancels every task (the root
  *      nursery's scope), cleanup runs, and run() raises it once no task is left.  A second
- *      one while cleanup is running stops the loop at once.
+ *      one while cleanup is running stops the loop at once;
+ *   6. if the poll was an idle wait (wait_all_tasks_blocked, a clock's autojump) that ran
+ *      out with nothing happening since, run the idle hook (clock.c).
  * The loop ends when no task is left.
  *
  * Ownership: the ring and the heap own references to what they hold; the loop owns its root
@@ -313,12 +315,14 @@ static int dispatch_events(bro_loop *loop, bro_poll_event *events, int n)
     return 0;
 }
 
+/* Fires the due timers; returns how many fired, or -1. */
 static int fire_timers(bro_loop *loop)
 {
     bro_state *st = loop->st;
     PyObject *obj;
-    int r = 0;
+    int r = 0, fired = 0;
     while ((obj = bro_heap_pop_due(&loop->heap, loop->now)) != NULL) {
+        fired = 1;
         if (Py_IS_TYPE(obj, st->task_type)) {
             bro_task *t = (bro_task *)obj;
             if (t->state == BRO_TASK_WAITING && t->wait == BRO_WAIT_TIMER)
@@ -331,28 +335,46 @@ static int fire_timers(bro_loop *loop)
         if (r < 0)
             return -1;
     }
+    return fired;
+}
+
+/* Sets *timeout_ms (-1: none) and *idle: whether the wait doubles as an idle wait
+ * (wait_all_tasks_blocked, autojump; see clock.c). */
+static int poll_timeout_ms(bro_loop *loop, int *timeout_ms, int *idle)
+{
+    *idle = 0;
+    *timeout_ms = 0;
+    if (loop->ring_len > 0)
+        return 0;
+    double delay = INFINITY;
+    if (loop->heap.len > 0) {
+        double deadline = bro_heap_next_deadline(&loop->heap);
+        if (loop->clock == NULL)
+            delay = deadline - bro_monotonic();
+        else if (bro_clock_sleep_time(loop, deadline, &delay) < 0)
+            return -1;
+    }
+    if (bro_idle_armed(loop))
+        *idle = bro_idle_prime(loop, &delay);
+    if (delay <= 0)
+        return 0;
+    if (isinf(delay)) {
+        *timeout_ms = -1;
+        return 0;
+    }
+    /* Round up: waking a little late is fine, waking early would spin. */
+    double ms = ceil(delay * 1000.0);
+    *timeout_ms = ms > 86400000.0 ? 86400000 : (int)ms;
     return 0;
 }
 
-static int poll_timeout_ms(bro_loop *loop)
-{
-    if (loop->ring_len > 0)
-        return 0;
-    if (loop->heap.len == 0)
-        return -1;
-    double delay = bro_heap_next_deadline(&loop->heap) - bro_monotonic();
-    if (delay <= 0)
-        return 0;
-    /* Round up: waking a little late is fine, waking early would spin. */
-    double ms = ceil(delay * 1000.0);
-    return ms > 86400000.0 ? 86400000 : (int)ms;
-}
-
 /* Waits for I/O (without the GIL) and dispatches what is ready; sets *woken if another
- * thread woke the loop. */
-static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *woken)
+ * thread woke the loop, and *idle if the wait was an idle wait that ran out. */
+static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *woken, int *idle)
 {
-    int timeout = poll_timeout_ms(loop);
+    int timeout;
+    if (poll_timeout_ms(loop, &timeout, idle) < 0)
+        return -1;
     int count, err;
     Py_BEGIN_ALLOW_THREADS count =
         bro_poller_wait(loop->poller, timeout, events, max_events, woken);
@@ -365,8 +387,12 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
             return -1;
         }
         count = 0;
+        *idle = 0; /* interrupted before the idle wait ran out */
     }
-    loop->now = bro_monotonic();
+    if (count > 0 || *woken)
+        *idle = 0;
+    if (bro_loop_now(loop, &loop->now) < 0)
+        return -1;
     return dispatch_events(loop, events, count);
 }
 
@@ -398,21 +424,27 @@ static int run_iterations(bro_loop *loop)
         if (loop->live_tasks == 0)
             break;
 
-        int woken = 0;
+        int woken = 0, idle = 0;
         if (loop->ring_len == 0 || steps_since_poll >= BRO_POLL_STEPS) {
             steps_since_poll = 0;
-            if (poll_io(loop, events, 256, &woken) < 0)
+            if (poll_io(loop, events, 256, &woken, &idle) < 0)
                 return -1;
         } else if (loop->heap.len > 0) {
-            loop->now = bro_monotonic(); /* only fire_timers() reads it */
+            /* only fire_timers() reads it */
+            if (bro_loop_now(loop, &loop->now) < 0)
+                return -1;
         }
         if (woken || atomic_load(&loop->inbox_pending)) {
             if (inbox_drain(loop) < 0 && loop_interrupted(loop) < 0)
                 return -1;
         }
-        if (fire_timers(loop) < 0)
+        int fired = fire_timers(loop);
+        if (fired < 0)
             return -1;
         if (PyErr_CheckSignals() < 0 && loop_interrupted(loop) < 0)
+            return -1;
+        /* The idle wait ran out and nothing happened: every task is blocked (clock.c). */
+        if (idle && !fired && loop->ring_len == 0 && bro_idle_fire(loop, idle) < 0)
             return -1;
     }
     return 0;
@@ -435,8 +467,11 @@ static PyObject *loop_run(bro_loop *loop, PyObject *Py_UNUSED(ignored))
     }
     loop->running = 1;
     bro_running_loop = loop;
-    loop->now = bro_monotonic();
-    int r = signals_install(loop);
+    int r = loop->clock != NULL ? bro_clock_start(loop) : 0;
+    if (r == 0)
+        r = bro_loop_now(loop, &loop->now);
+    if (r == 0)
+        r = signals_install(loop);
     if (r == 0)
         r = run_iterations(loop);
     signals_restore(loop);
@@ -488,6 +523,7 @@ static int loop_do_close(bro_loop *loop)
         bro_task_abandon(loop->all_tasks);
     ring_clear(loop);
     bro_heap_clear(&loop->heap);
+    bro_idle_clear(loop);
     Py_CLEAR(loop->root);
     Py_CLEAR(loop->pending_coros);
     Py_CLEAR(loop->interrupt);
@@ -543,9 +579,12 @@ static PyObject *loop_start_later(bro_loop *loop, PyObject *const *args, Py_ssiz
     return bro_spawn_later_from_args(loop, loop->root, args, nargs, kwnames);
 }
 
-static PyObject *loop_time(bro_loop *Py_UNUSED(loop), PyObject *Py_UNUSED(ignored))
+static PyObject *loop_time(bro_loop *loop, PyObject *Py_UNUSED(ignored))
 {
-    return PyFloat_FromDouble(bro_monotonic());
+    double now;
+    if (bro_loop_now(loop, &now) < 0)
+        return NULL;
+    return PyFloat_FromDouble(now);
 }
 
 static PyObject *loop_reschedule(bro_loop *loop, PyObject *args, PyObject *kwds)
@@ -663,6 +702,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObjec
         return NULL;
     loop->signal_rfd = loop->signal_wfd = -1;
     loop->slow_callback_duration = 0.1;
+    loop->autojump_threshold = INFINITY;
     pthread_mutex_init(&loop->inbox_lock, NULL);
     atomic_init(&loop->inbox_pending, 0);
     if (bro_loop_setup(loop, module, (bro_state *)PyModule_GetState(module)) < 0) {
@@ -689,7 +729,7 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
         Py_VISIT(loop->op_cache[i]);
         Py_VISIT(loop->sockop_cache[i]);
     }
-    return 0;
+    return bro_clock_traverse(loop, visit, arg);
 }
 
 static int loop_clear(bro_loop *loop)
@@ -699,6 +739,9 @@ static int loop_clear(bro_loop *loop)
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)loop);
     Py_CLEAR(loop->old_wakeup_fd);
+    Py_CLEAR(loop->clock);
+    Py_CLEAR(loop->clock_now);
+    Py_CLEAR(loop->clock_sleep_time);
     Py_CLEAR(loop->module);
     return 0;
 }
@@ -723,7 +766,10 @@ static PyMethodDef loop_methods[] = {
      "Start a root task after delay seconds."},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, NULL},
     {"_take_root_errors", (PyCFunction)loop_take_root_errors, METH_NOARGS, NULL},
-    {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's monotonic clock, in seconds."},
+    {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's clock, in seconds."},
+    {"_set_clock", (PyCFunction)bro_loop_set_clock, METH_O, NULL},
+    {"_idle_add", (PyCFunction)(void (*)(void))bro_loop_idle_add, METH_FASTCALL, NULL},
+    {"_idle_discard", (PyCFunction)bro_loop_idle_discard, METH_O, NULL},
     {"close", (PyCFunction)loop_close, METH_NOARGS,
      "Release the loop's resources; unfinished tasks are closed."},
     {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, METH_FASTCALL,
@@ -742,6 +788,10 @@ static PyGetSetDef loop_getset[] = {
     {"slow_callback_duration", (getter)loop_get_slow, (setter)loop_set_slow,
      "Debug mode warns about task steps longer than this (seconds).", NULL},
     {"_live_tasks", (getter)loop_get_live, NULL, NULL, NULL},
+    {"clock", (getter)bro_loop_get_clock, NULL,
+     "The loop's clock object, or None for the default (CLOCK_MONOTONIC) clock.", NULL},
+    {"_autojump_threshold", (getter)bro_loop_get_autojump, (setter)bro_loop_set_autojump, NULL,
+     NULL},
     {"_root_nursery", (getter)loop_get_root, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -4,12 +4,19 @@
 #ifndef BROOMIO_LOOP_H
 #define BROOMIO_LOOP_H
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
 #include "heap.h"
 #include "poll.h"
 #include "state.h"
+
+typedef struct {
+    double cushion;
+    uint64_t seq;
+    PyObject *task; /* strong */
+} bro_idle_waiter;
 
 struct bro_loop {
     PyObject_HEAD bro_state *st;
@@ -32,6 +39,15 @@ struct bro_loop {
     PyObject *old_wakeup_fd;
 
     double now;
+    /* A custom clock (clock.c): NULL means CLOCK_MONOTONIC, read inline; otherwise the
+     * clock object and its bound current_time / deadline_to_sleep_time methods. */
+    PyObject *clock, *clock_now, *clock_sleep_time;
+    /* wait_all_tasks_blocked() waiters (sorted by cushion, then arrival) and the clock's
+     * autojump threshold (INFINITY: off); see clock.c. */
+    bro_idle_waiter *idle;
+    Py_ssize_t idle_len, idle_cap;
+    uint64_t idle_seq;
+    double autojump_threshold;
     double slow_callback_duration;
     Py_ssize_t live_tasks;
     bro_task *all_tasks; /* borrowed list of unfinished tasks */
@@ -61,5 +77,49 @@ int bro_loop_check_usable(bro_loop *loop);
  * slot, so the next file with the same number starts clean (fdtable.c). */
 int bro_fd_forget(bro_loop *loop, int fd);
 void bro_loop_unlink_task(bro_loop *loop, bro_task *t);
+
+/* ---- clocks and the idle hook (clock.c) ---- */
+
+/* The loop's current time.  With the default clock this is an inline CLOCK_MONOTONIC read
+ * (one pointer test on the way); a custom clock's current_time() may raise: -1 then. */
+int bro_clock_now(bro_loop *loop, double *now);
+static inline int bro_loop_now(bro_loop *loop, double *now)
+{
+    if (loop->clock == NULL) {
+        *now = bro_monotonic();
+        return 0;
+    }
+    return bro_clock_now(loop, now);
+}
+/* Custom clock only: the real seconds to sleep until deadline (clock time), >= 0. */
+int bro_clock_sleep_time(bro_loop *loop, double deadline, double *out);
+/* Custom clock only: clock.start_clock(), called each time the loop starts running. */
+int bro_clock_start(bro_loop *loop);
+
+/* True when the loop must look for idleness before it blocks: somebody waits in
+ * wait_all_tasks_blocked() or the clock autojumps.  Nothing else costs anything. */
+static inline int bro_idle_armed(const bro_loop *loop)
+{
+    return loop->idle_len > 0 || loop->autojump_threshold < INFINITY;
+}
+/* Before blocking with nothing runnable: shortens *timeout (seconds, INFINITY for none) to
+ * the first waiter's cushion or to the autojump threshold.  Returns what the wait primes:
+ * 0 nothing, BRO_IDLE_WAITERS or BRO_IDLE_AUTOJUMP. */
+#define BRO_IDLE_WAITERS 1
+#define BRO_IDLE_AUTOJUMP 2
+int bro_idle_prime(bro_loop *loop, double *timeout);
+/* Called when the primed wait ran out and nothing happened since: wakes the waiters with
+ * the smallest cushion, or jumps the clock to the next deadline. */
+int bro_idle_fire(bro_loop *loop, int primed);
+void bro_idle_clear(bro_loop *loop);
+int bro_clock_traverse(bro_loop *loop, visitproc visit, void *arg);
+
+/* Loop methods and attributes implemented in clock.c. */
+PyObject *bro_loop_set_clock(bro_loop *loop, PyObject *clock);
+PyObject *bro_loop_get_clock(bro_loop *loop, void *closure);
+PyObject *bro_loop_get_autojump(bro_loop *loop, void *closure);
+int bro_loop_set_autojump(bro_loop *loop, PyObject *v, void *closure);
+PyObject *bro_loop_idle_add(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bro_loop_idle_discard(bro_loop *loop, PyObject *task);
 
 #endif

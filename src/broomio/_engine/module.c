@@ -53,9 +53,11 @@ static PyObject *mod_current_loop(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(i)
 
 static PyObject *mod_current_time(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(i))
 {
-    if (running_loop_or_error() == NULL)
+    bro_loop *loop = running_loop_or_error();
+    double now;
+    if (loop == NULL || bro_loop_now(loop, &now) < 0)
         return NULL;
-    return PyFloat_FromDouble(bro_monotonic());
+    return PyFloat_FromDouble(now);
 }
 
 /* _write_unraisable(exc, obj): report exc through sys.unraisablehook, as CPython does for

@@ -234,7 +234,15 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
     case OP_CHECKPOINT:
         return op_reschedule(op, t, OP_PARKED, res);
     case OP_SLEEP: {
-        double deadline = op->absolute ? op->value : bro_monotonic() + op->value;
+        double deadline = op->value;
+        if (!op->absolute) {
+            double now;
+            if (bro_loop_now(loop, &now) < 0) {
+                op->state = OP_DONE;
+                return PYGEN_ERROR;
+            }
+            deadline += now;
+        }
         if (isinf(deadline) && deadline > 0)
             return op_park(op, t, BRO_WAIT_FOREVER, 1, res);
         if (bro_heap_push(&loop->heap, deadline, (PyObject *)t) < 0)

@@ -161,7 +161,10 @@ static int scope_arm_deadline(bro_scope *s)
     scope_remove_timer(s);
     if (s->cancel_called || !scope_live(s) || (isinf(s->deadline) && s->deadline > 0))
         return 0;
-    if (s->deadline <= bro_monotonic())
+    double now;
+    if (bro_loop_now(s->loop, &now) < 0)
+        return -1;
+    if (s->deadline <= now)
         return bro_scope_cancel(s);
     return bro_heap_push(&s->loop->heap, s->deadline, (PyObject *)s);
 }

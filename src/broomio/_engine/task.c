@@ -188,6 +188,14 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
         Py_DECREF(coro);
         return NULL;
     }
+    double when = 0.0;
+    if (delay > 0) {
+        if (bro_loop_now(loop, &when) < 0) {
+            Py_DECREF(coro);
+            return NULL;
+        }
+        when += delay;
+    }
     PyObject *context = PyContext_CopyCurrent();
     if (context == NULL) {
         Py_DECREF(coro);
@@ -241,7 +249,7 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
 
     if (delay > 0) {
         bro_task_park(t, BRO_WAIT_TIMER, 1);
-        if (bro_heap_push(&loop->heap, bro_monotonic() + delay, (PyObject *)t) < 0)
+        if (bro_heap_push(&loop->heap, when, (PyObject *)t) < 0)
             goto fail;
         if (t->cancel_pending && bro_task_deliver_cancel(t) < 0)
             PyErr_WriteUnraisable((PyObject *)t);
