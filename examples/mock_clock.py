@@ -10,14 +10,14 @@ import broomio
 from broomio.testing import MockClock
 
 
-async def heartbeat(log):
+async def heartbeat(log: list[str]) -> None:
     for _ in range(4):
         await broomio.sleep(900)  # every 15 minutes
         log.append(f"beat at t={broomio.current_time():.0f}s")
 
 
-async def main():
-    log = []
+async def main() -> None:
+    log: list[str] = []
     async with broomio.open_nursery() as nursery:
         nursery.start_soon(heartbeat, log)
         with broomio.move_on_after(3600) as scope:  # give up after an hour
