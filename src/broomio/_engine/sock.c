@@ -63,11 +63,21 @@
 
 #define BRO_SCRATCH_SIZE 65536
 
+/* Receives of at most BRO_SCRATCH_SIZE bytes normally land in the loop's scratch buffer and
+ * are then copied into a bytes object of the exact size: one small copy instead of a
+ * max_bytes-sized allocation per message.  Once a socket's last receive returned at least
+ * BRO_DIRECT_READ_MIN bytes, the copy costs more than the allocation, so the next receive goes
+ * straight into a fresh bytes object of the requested size that is then shrunk in place
+ * (glibc's realloc splits a shrinking chunk without moving it).  The switch follows the
+ * traffic: a small read moves the socket back to the scratch path. */
+#define BRO_DIRECT_READ_MIN 4096
+
 typedef struct {
     PyObject_HEAD int fd;
     int family;
     int type;
-    uint8_t raw_fd; /* not a socket: read()/write(), and the core owns (closes) the fd */
+    uint8_t raw_fd;     /* not a socket: read()/write(), and the core owns (closes) the fd */
+    uint8_t big_reads;  /* the last receive was large: read into the result directly */
     PyObject *sock; /* the stdlib socket object that owns the fd */
     bro_loop *loop; /* the loop whose epoll has the fd registered, or NULL */
     PyObject *weakreflist;
@@ -216,7 +226,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
         switch (op->kind) {
         case SOP_RECV: {
             Py_ssize_t want = op->size;
-            if (want <= BRO_SCRATCH_SIZE) {
+            if (want <= BRO_SCRATCH_SIZE && !op->sock->big_reads) {
                 if (loop->scratch == NULL &&
                     (loop->scratch = PyMem_Malloc(BRO_SCRATCH_SIZE)) == NULL) {
                     PyErr_NoMemory();
@@ -228,6 +238,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                 if (n > want) /* MSG_TRUNC reports the datagram's real length */
                     n = want;
                 *drained = recv_drained(op, n, want);
+                op->sock->big_reads = n >= BRO_DIRECT_READ_MIN;
                 *res = PyBytes_FromStringAndSize(loop->scratch, n);
                 return *res ? TRY_DONE : TRY_ERROR;
             }
@@ -244,6 +255,7 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
             if (n > want)
                 n = want;
             *drained = recv_drained(op, n, want);
+            op->sock->big_reads = n >= BRO_DIRECT_READ_MIN;
             if (n != want && _PyBytes_Resize(&bytes, n) < 0)
                 return TRY_ERROR;
             *res = bytes;
