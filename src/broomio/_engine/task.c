@@ -246,6 +246,7 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
      * every collection cheaper while many tasks are alive.  loop.close() finishes every
      * live task, and bro_task_finish() starts tracking it, once cycles through its result
      * or traceback become possible. */
+    bro_hook(loop, BRO_HOOK_TASK_SPAWNED, (PyObject *)t);
 
     if (delay > 0) {
         bro_task_park(t, BRO_WAIT_TIMER, 1);
@@ -498,6 +499,9 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
     task_show_to_gc(t);
     Py_CLEAR(t->context);
     Py_CLEAR(t->wake);
+    /* Before joiners and the nursery hear of it: a debug monitor adds the creation
+     * traceback to the error here, before anything can report it. */
+    bro_hook(loop, BRO_HOOK_TASK_EXITED, (PyObject *)t);
     if (t->joiners != NULL)
         bro_lot_unpark(t->joiners, PY_SSIZE_T_MAX, NULL);
     bro_loop_unlink_task(loop, t);
