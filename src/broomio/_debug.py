@@ -117,14 +117,12 @@ class DebugMonitor(Instrument):
 
     def _watch(self) -> None:
         stop = self._stop
-        sampled = -1
-        # Polls four times per threshold; a step is sampled once it has run for half the
-        # threshold, so a step that ends up over it has been sampled while it blocked.
-        while not stop.wait(max(self._threshold() / 4, 0.001)):
+        # Polls eight times per threshold; a step that has run for a quarter of it is
+        # sampled at every poll (the latest sample wins), so a step that ends up over the
+        # threshold has been sampled several times while it blocked.
+        while not stop.wait(max(self._threshold() / 8, 0.001)):
             step = self._step
-            if step is None or step[0] == sampled:
-                continue
-            if time.perf_counter() - step[2] < self._threshold() / 2:
+            if step is None or time.perf_counter() - step[2] < self._threshold() / 4:
                 continue
             frame = sys._current_frames().get(self._thread_id)
             if frame is None or self._step is not step:
@@ -136,7 +134,6 @@ class DebugMonitor(Instrument):
                 f = f.f_back
             del frame, f
             self._sample = (step[0], stack)
-            sampled = step[0]
 
     # ---- hooks -------------------------------------------------------------------------
 
