@@ -21,7 +21,6 @@ Debug mode is an internal :class:`~broomio.Instrument` (the *monitor*) plus a li
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ import traceback
 import warnings
 import weakref
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _engine
 from ._instruments import Instrument
@@ -254,9 +253,11 @@ def _describe_socket(sock: Any) -> str:
 # ---- statistics --------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoopStatistics:
-    """A snapshot of a loop's state (``broomio.statistics()``, ``Loop.statistics()``)."""
+class LoopStatistics(NamedTuple):
+    """A snapshot of a loop's state (``broomio.statistics()``, ``Loop.statistics()``).
+
+    Immutable and typed; a NamedTuple rather than a dataclass so that ``import broomio``
+    does not pull in the dataclasses machinery."""
 
     #: Unfinished tasks.
     tasks_living: int

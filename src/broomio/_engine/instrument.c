@@ -122,7 +122,7 @@ PyObject *bro_loop_set_hooks(bro_loop *loop, PyObject *const *args, Py_ssize_t n
                         loop->hooks[BRO_HOOK_AFTER_TASK_STEP] != NULL;
     PyObject *monitor = args[0] == Py_None ? NULL : args[0];
     Py_XSETREF(loop->debug_obj, Py_XNewRef(monitor));
-    loop->debug = monitor != NULL;
+    bro_loop_set_debug_flag(loop, monitor != NULL);
     Py_RETURN_NONE;
 }
 

@@ -636,12 +636,25 @@ static PyObject *loop_get_debug(bro_loop *loop, void *Py_UNUSED(c))
     return PyBool_FromLong(loop->debug);
 }
 
+void bro_loop_set_debug_flag(bro_loop *loop, int on)
+{
+    /* Awaitables check the flag only when their cache misses, so debug mode must start
+     * with empty caches (ops in use elsewhere just lose the loop's reference). */
+    if (on && !loop->debug) {
+        for (int i = 0; i < 4; i++) {
+            Py_CLEAR(loop->op_cache[i]);
+            Py_CLEAR(loop->sockop_cache[i]);
+        }
+    }
+    loop->debug = (uint8_t)(on != 0);
+}
+
 static int loop_set_debug(bro_loop *loop, PyObject *v, void *Py_UNUSED(c))
 {
     int on = v ? PyObject_IsTrue(v) : 0;
     if (on < 0)
         return -1;
-    loop->debug = (uint8_t)on;
+    bro_loop_set_debug_flag(loop, on);
     return 0;
 }
 

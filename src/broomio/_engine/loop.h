@@ -167,6 +167,8 @@ PyObject *bro_debug_origin(void);
  * Safe in a deallocator: keeps the current exception, reports failures as unraisable. */
 void bro_debug_never_awaited(PyObject *self, const char *what, PyObject *origin);
 int bro_instrument_traverse(bro_loop *loop, visitproc visit, void *arg);
+/* Sets loop->debug; switching it on empties the awaitable caches (see op_alloc_ex). */
+void bro_loop_set_debug_flag(bro_loop *loop, int on);
 void bro_instrument_clear(bro_loop *loop);
 
 /* Loop methods implemented in instrument.c. */

@@ -96,11 +96,6 @@ typedef struct {
     PyObject *origin; /* (filename, lineno, function) or None */
 } bro_op_debug;
 
-static int op_is_debug(bro_op *op)
-{
-    return Py_TYPE(op)->tp_basicsize == (Py_ssize_t)sizeof(bro_op_debug);
-}
-
 static void op_init(bro_op *op, int kind)
 {
     op->kind = (uint8_t)kind;
@@ -136,8 +131,6 @@ static PyObject *op_alloc_ex(bro_state *st, int kind, int track)
 {
     bro_loop *loop = bro_running_loop;
     if (loop != NULL) {
-        if (loop->debug && track)
-            return op_alloc_debug(st, kind);
         for (int i = 0; i < 4; i++) {
             PyObject *cached = loop->op_cache[i];
             if (cached != NULL && Py_REFCNT(cached) == 1) {
@@ -152,6 +145,13 @@ static PyObject *op_alloc_ex(bro_state *st, int kind, int track)
                 op->lot = NULL;
                 return Py_NewRef(cached);
             }
+        }
+        /* Debug mode keeps the cache empty (bro_loop_set_hooks), so the test costs only
+         * cache misses, never the hits of a loop that is not in debug mode. */
+        if (loop->debug) {
+            if (track)
+                return op_alloc_debug(st, kind);
+            loop = NULL; /* an untracked op, not cached either */
         }
     }
     bro_op *op = PyObject_GC_New(bro_op, st->op_type);
@@ -541,15 +541,19 @@ static void op_dealloc(bro_op *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    if (op_is_debug(op)) {
-        bro_op_debug *d = (bro_op_debug *)op;
-        if (op->state == OP_FRESH)
-            bro_debug_never_awaited((PyObject *)op, op_name(op), d->origin);
-        Py_CLEAR(d->origin);
-    }
     op_clear(op);
     tp->tp_free((PyObject *)op);
     Py_DECREF(tp);
+}
+
+/* A debug op that dies without having been awaited is the "forgot the await" mistake. */
+static void op_debug_dealloc(bro_op_debug *d)
+{
+    PyObject_GC_UnTrack(d);
+    if (d->op.state == OP_FRESH)
+        bro_debug_never_awaited((PyObject *)d, op_name(&d->op), d->origin);
+    Py_CLEAR(d->origin);
+    op_dealloc(&d->op);
 }
 
 static PyObject *op_repr(bro_op *op)
@@ -586,12 +590,26 @@ static PyType_Spec op_spec = {
     .slots = op_slots,
 };
 
+static PyType_Slot op_debug_slots[] = {
+    {Py_tp_doc, "An engine awaitable created in debug mode: it knows where it was created."},
+    {Py_am_await, op_await},
+    {Py_am_send, op_send},
+    {Py_tp_iter, op_await},
+    {Py_tp_iternext, op_iternext},
+    {Py_tp_methods, op_methods},
+    {Py_tp_dealloc, op_debug_dealloc},
+    {Py_tp_traverse, op_traverse},
+    {Py_tp_clear, op_clear},
+    {Py_tp_repr, op_repr},
+    {0, NULL},
+};
+
 static PyType_Spec op_debug_spec = {
     .name = "broomio._engine.DebugAwaitable",
     .basicsize = sizeof(bro_op_debug),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
              Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = op_slots,
+    .slots = op_debug_slots,
 };
 
 int bro_op_init_types(PyObject *module, bro_state *st)

@@ -144,13 +144,6 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
     bro_loop *loop = bro_running_loop;
     bro_sockop *op = NULL;
     PyObject *origin = NULL;
-    if (loop != NULL && loop->debug) {
-        /* Debug mode: a fresh op that knows where it was created and warns if it is
-         * dropped without an await (it bypasses the cache so that it dies on time). */
-        if ((origin = bro_debug_origin()) == NULL)
-            return NULL;
-        loop = NULL;
-    }
     if (loop != NULL) {
         for (int i = 0; i < 4 && op == NULL; i++) {
             PyObject *cached = loop->sockop_cache[i];
@@ -158,6 +151,14 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
                 op = (bro_sockop *)Py_NewRef(cached);
                 sockop_clear(op);
             }
+        }
+        /* Debug mode keeps the cache empty (bro_loop_set_hooks): a fresh op that knows
+         * where it was created and warns if it is dropped without an await.  It is not
+         * cached, so that it dies on time. */
+        if (op == NULL && loop->debug) {
+            if ((origin = bro_debug_origin()) == NULL)
+                return NULL;
+            loop = NULL;
         }
     }
     if (op == NULL) {
