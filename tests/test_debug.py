@@ -467,3 +467,30 @@ def test_dump_task_tree_of_a_loop_that_is_not_running():
         lowlevel.dump_task_tree(loop)
     with pytest.raises(RuntimeError):
         lowlevel.dump_task_tree()
+
+
+# ---------------------------------------------------------------------------
+# the example
+
+
+def test_debug_blocking_example():
+    """examples/debug_blocking.py: debug mode names the time.sleep line; exits 0."""
+    import os
+    import subprocess
+
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    path = os.path.join(examples, "debug_blocking.py")
+    with open(path, encoding="utf-8") as f:
+        [line] = [i for i, text in enumerate(f, 1) if "time.sleep(0.15)" in text]
+    proc = subprocess.run(
+        [sys.executable, path], capture_output=True, text=True, timeout=60, cwd=examples,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"caught SlowStepWarning at line {line}: " in out
+    assert f"task 'blocking_work' blocked the event loop" in out
+    assert f"debug_blocking.py:{line} in blocking_work" in out
+    assert "slow steps reported: 1;" in out
+    assert "task 'ticker' [waiting]" in out  # the tree dump
+    assert "WARNING broomio:" in proc.stderr  # the logging side of the report
