@@ -79,7 +79,7 @@ class Loop(_engine.LoopCore):
 
     # ---- debug mode, instruments, introspection --------------------------------------
 
-    @property  # type: ignore[override]
+    @property
     def debug(self) -> bool:
         """Debug mode: slow-step warnings, creation tracebacks on task errors, warnings for
         never-awaited broomio awaitables and for sockets left open when the loop closes."""

@@ -93,7 +93,7 @@ static const char *op_name(bro_op *op)
  * for the field; debug ops bypass the cache and die when their last user lets go. */
 typedef struct {
     bro_op op;
-    PyObject *origin; /* (filename, lineno, function) or None */
+    PyObject *origin; /* (filename, lineno, function), None if unknown, NULL: untracked */
 } bro_op_debug;
 
 static void op_init(bro_op *op, int kind)
@@ -126,8 +126,7 @@ static PyObject *op_alloc_debug(bro_state *st, int kind)
     return (PyObject *)d;
 }
 
-/* track: in debug mode, warn if the op is never awaited (false for optional awaits). */
-static PyObject *op_alloc_ex(bro_state *st, int kind, int track)
+static PyObject *op_alloc(bro_state *st, int kind)
 {
     bro_loop *loop = bro_running_loop;
     if (loop != NULL) {
@@ -148,11 +147,8 @@ static PyObject *op_alloc_ex(bro_state *st, int kind, int track)
         }
         /* Debug mode keeps the cache empty (bro_loop_set_hooks), so the test costs only
          * cache misses, never the hits of a loop that is not in debug mode. */
-        if (loop->debug) {
-            if (track)
-                return op_alloc_debug(st, kind);
-            loop = NULL; /* an untracked op, not cached either */
-        }
+        if (loop->debug)
+            return op_alloc_debug(st, kind);
     }
     bro_op *op = PyObject_GC_New(bro_op, st->op_type);
     if (op == NULL)
@@ -168,11 +164,6 @@ static PyObject *op_alloc_ex(bro_state *st, int kind, int track)
         }
     }
     return (PyObject *)op;
-}
-
-static inline PyObject *op_alloc(bro_state *st, int kind)
-{
-    return op_alloc_ex(st, kind, 1);
 }
 
 /* Yield once to the scheduler (the task goes to the back of the ready ring). */
@@ -550,7 +541,7 @@ static void op_dealloc(bro_op *op)
 static void op_debug_dealloc(bro_op_debug *d)
 {
     PyObject_GC_UnTrack(d);
-    if (d->op.state == OP_FRESH)
+    if (d->op.state == OP_FRESH && d->origin != NULL)
         bro_debug_never_awaited((PyObject *)d, op_name(&d->op), d->origin);
     Py_CLEAR(d->origin);
     op_dealloc(&d->op);
@@ -701,7 +692,11 @@ PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
  * does not report it as forgotten. */
 PyObject *bro_mod_optional_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return op_alloc_ex(state_of(module), OP_CHECKPOINT, 0);
+    bro_state *st = state_of(module);
+    PyObject *op = op_alloc(st, OP_CHECKPOINT);
+    if (op != NULL && Py_IS_TYPE(op, st->op_debug_type))
+        Py_CLEAR(((bro_op_debug *)op)->origin); /* untracked: dropping it is fine */
+    return op;
 }
 
 PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
