@@ -67,10 +67,8 @@ void bro_hook_call(bro_loop *loop, int which, PyObject *arg)
     Py_DECREF(fns);
 }
 
-void bro_hook_io(bro_loop *loop, int which, int timeout_ms)
+void bro_hook_io_call(bro_loop *loop, int which, int timeout_ms)
 {
-    if (loop->hooks[which] == NULL)
-        return;
     PyObject *timeout = PyFloat_FromDouble(timeout_ms < 0 ? INFINITY : timeout_ms / 1000.0);
     if (timeout == NULL) {
         PyErr_WriteUnraisable((PyObject *)loop);

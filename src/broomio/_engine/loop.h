@@ -156,7 +156,12 @@ static inline void bro_hook(bro_loop *loop, int which, PyObject *arg)
         bro_hook_call(loop, which, arg);
 }
 /* before_io_wait / after_io_wait with the poll's timeout (-1 ms: forever). */
-void bro_hook_io(bro_loop *loop, int which, int timeout_ms);
+void bro_hook_io_call(bro_loop *loop, int which, int timeout_ms);
+static inline void bro_hook_io(bro_loop *loop, int which, int timeout_ms)
+{
+    if (loop->hooks[which] != NULL)
+        bro_hook_io_call(loop, which, timeout_ms);
+}
 /* A step with before_task_step / after_task_step around it. */
 int bro_task_step_hooked(bro_loop *loop, bro_task *t);
 /* Debug mode: where the awaitable being created was created, as a (filename, lineno,
