@@ -61,6 +61,9 @@ class Loop(_engine.LoopCore):
         backend: str | None = None,
         instruments: Iterable[Instrument] = (),
     ) -> None:
+        # First, so that a loop whose arguments are rejected below still closes cleanly.
+        self._instruments: list[Instrument] = []
+        self._debug_monitor: _debug.DebugMonitor | None = None
         if backend not in (None, "epoll"):
             raise ValueError(f"unknown backend {backend!r}; available: 'epoll'")
         if clock is not None:
@@ -69,10 +72,7 @@ class Loop(_engine.LoopCore):
             debug = _debug.env_debug()
         elif not isinstance(debug, bool):
             raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
-        self._instruments: list[Instrument] = [
-            _instruments.check_instrument(inst) for inst in instruments
-        ]
-        self._debug_monitor: _debug.DebugMonitor | None = None
+        self._instruments = [_instruments.check_instrument(inst) for inst in instruments]
         if debug:
             self._debug_monitor = _debug.DebugMonitor(self)
         self._rebuild_hooks()
