@@ -79,7 +79,10 @@ class DebugMonitor(Instrument):
 
     def __init__(self, loop: Loop) -> None:
         self._loop = weakref.ref(loop)
-        self._origins: weakref.WeakKeyDictionary[Task, traceback.StackSummary] = (
+        # Raw (filename, lineno, function) triples, innermost first: building a
+        # StackSummary per spawn would stat every file (linecache.checkcache), far too slow
+        # for a program that spawns thousands of tasks.  Formatted only if the task fails.
+        self._origins: weakref.WeakKeyDictionary[Task, list[tuple[str, int, str]]] = (
             weakref.WeakKeyDictionary()
         )
         self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -151,11 +154,12 @@ class DebugMonitor(Instrument):
         # at the top, so that the stack ends at the user's spawning line.
         while frame is not None and _is_internal(frame) and frame.f_back is not None:
             frame = frame.f_back
-        summary = traceback.StackSummary.extract(
-            traceback.walk_stack(frame), limit=CREATION_STACK_LIMIT, lookup_lines=False
-        )
-        summary.reverse()
-        self._origins[task] = summary
+        stack: list[tuple[str, int, str]] = []
+        while frame is not None and len(stack) < CREATION_STACK_LIMIT:
+            code = frame.f_code
+            stack.append((code.co_filename, frame.f_lineno, code.co_name))
+            frame = frame.f_back
+        self._origins[task] = stack
 
     def task_exited(self, task: Task) -> None:
         if task.cancelled():
@@ -165,7 +169,10 @@ class DebugMonitor(Instrument):
         if exc is None or origin is None:
             return
         note = f"broomio debug: task {task.name!r} was started at (most recent call last):\n"
-        note += "".join(traceback.StackSummary.from_list(origin).format()).rstrip("\n")
+        summary = traceback.StackSummary.from_list(
+            [traceback.FrameSummary(f, n, name) for f, n, name in reversed(origin)]
+        )
+        note += "".join(summary.format()).rstrip("\n")
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
 

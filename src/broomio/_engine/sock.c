@@ -198,6 +198,14 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
     return op;
 }
 
+/* Drops an op whose construction failed (bad arguments): it is done, not forgotten, so
+ * debug mode must not report it as never awaited. */
+static void sockop_discard(bro_sockop *op)
+{
+    op->state = SOP_DONE;
+    Py_DECREF(op);
+}
+
 enum { TRY_DONE, TRY_AGAIN, TRY_ERROR };
 
 /* The two transfer syscalls: recv/send on a socket, read/write on a raw fd (whose ops always
@@ -659,7 +667,7 @@ static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
     if (op == NULL)
         return NULL;
     if (PyObject_GetBuffer(buffer, &op->view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->has_view = 1;
@@ -667,7 +675,7 @@ static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
         nbytes = op->view.len;
     if (nbytes > op->view.len) {
         PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->size = nbytes;
@@ -692,7 +700,7 @@ static PyObject *sock_send_common(bro_socket *s, PyObject *const *args, Py_ssize
     if (op == NULL)
         return NULL;
     if (PyObject_GetBuffer(args[0], &op->view, PyBUF_SIMPLE) < 0) {
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->has_view = 1;
