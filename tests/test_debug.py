@@ -364,6 +364,8 @@ def test_statistics_follow_the_loop_state():
     async def main():
         loop = broomio.current_loop()
         snapshots["start"] = broomio.statistics()
+        await broomio.sleep(0.001)  # nothing else to run: the loop polls for I/O
+        snapshots["slept"] = broomio.statistics()
         a, b = broomio.socket.socketpair()
         try:
             async with broomio.open_nursery() as nursery:
@@ -396,6 +398,8 @@ def test_statistics_follow_the_loop_state():
     assert 99 < waiting.seconds_to_next_deadline <= 100
     assert (waiting.io_fds_registered, waiting.io_tasks_waiting) == (1, 1)
     assert waiting.threadsafe_queue_size == 0 and inbox.threadsafe_queue_size == 1
+    assert start.io_waits == 0 and snapshots["slept"].io_waits >= 1
+    assert snapshots["slept"].io_waits <= after.io_waits
     assert (after.tasks_living, after.timers_pending, after.io_tasks_waiting) == (1, 0, 0)
     with pytest.raises(Exception):
         start.tasks_living = 3  # type: ignore[misc]  # frozen

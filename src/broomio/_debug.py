@@ -280,6 +280,8 @@ class LoopStatistics(NamedTuple):
     io_tasks_waiting: int
     #: Callbacks queued by other threads (``call_soon_threadsafe``) not yet run.
     threadsafe_queue_size: int
+    #: How many times the loop has polled for I/O (blocking or not) since it was created.
+    io_waits: int
     #: Instruments installed on the loop (debug mode's own monitor not counted).
     instruments: int
     #: Whether debug mode is on.
@@ -287,7 +289,7 @@ class LoopStatistics(NamedTuple):
 
 
 def loop_statistics(loop: Loop) -> LoopStatistics:
-    living, runnable, timers, next_deadline, fds, waiting, inbox = loop._statistics()
+    living, runnable, timers, next_deadline, fds, waiting, inbox, io_waits = loop._statistics()
     return LoopStatistics(
         tasks_living=living,
         tasks_runnable=runnable,
@@ -296,6 +298,7 @@ def loop_statistics(loop: Loop) -> LoopStatistics:
         io_fds_registered=fds,
         io_tasks_waiting=waiting,
         threadsafe_queue_size=inbox,
+        io_waits=io_waits,
         instruments=len(loop.instruments),
         debug=loop.debug,
     )

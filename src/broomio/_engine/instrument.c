@@ -223,7 +223,7 @@ void bro_debug_never_awaited(PyObject *Py_UNUSED(self), const char *what, PyObje
 /* ---- introspection -------------------------------------------------------------------- */
 
 /* _statistics() -> (tasks_living, tasks_runnable, timers_pending, seconds_to_next_deadline,
- *                   io_fds_registered, io_tasks_waiting, threadsafe_queue_size) */
+ *                   io_fds_registered, io_tasks_waiting, threadsafe_queue_size, io_waits) */
 PyObject *bro_loop_statistics(bro_loop *loop, PyObject *Py_UNUSED(ignored))
 {
     if (loop->closed) {
@@ -255,8 +255,8 @@ PyObject *bro_loop_statistics(bro_loop *loop, PyObject *Py_UNUSED(ignored))
     pthread_mutex_lock(&loop->inbox_lock);
     Py_ssize_t inbox = loop->inbox != NULL ? PyList_GET_SIZE(loop->inbox) : 0;
     pthread_mutex_unlock(&loop->inbox_lock);
-    return Py_BuildValue("(nnndnnn)", loop->live_tasks, runnable, loop->heap.len, next, fds,
-                         waiting, inbox);
+    return Py_BuildValue("(nnndnnnK)", loop->live_tasks, runnable, loop->heap.len, next, fds,
+                         waiting, inbox, (unsigned long long)loop->io_waits);
 }
 
 /* _all_tasks() -> tuple of the unfinished tasks, oldest first. */

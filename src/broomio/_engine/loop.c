@@ -378,6 +378,7 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
         return -1;
     int count, err;
     bro_hook_io(loop, BRO_HOOK_BEFORE_IO_WAIT, timeout);
+    loop->io_waits++;
     Py_BEGIN_ALLOW_THREADS count =
         bro_poller_wait(loop->poller, timeout, events, max_events, woken);
     err = errno;

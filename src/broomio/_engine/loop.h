@@ -79,6 +79,7 @@ struct bro_loop {
      * step_hooked folds the two per-step hooks into the one flag the run loop tests.
      * debug_obj is the Python debug monitor (broomio._debug) while debug mode is on. */
     uint8_t step_hooked;
+    uint64_t io_waits; /* polls for I/O so far (statistics; one increment per poll) */
     PyObject *hooks[BRO_NHOOKS];
     PyObject *debug_obj;
     PyObject *weakreflist;
