@@ -300,6 +300,30 @@ def test_awaited_awaitables_do_not_warn_in_debug_mode():
     assert [str(w.message) for w in run_debug(main)] == []
 
 
+def test_awaitables_that_failed_are_not_reported_as_never_awaited():
+    async def main():
+        a, b = broomio.socket.socketpair()
+        try:
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                # rejected by its argument checks: no awaitable escapes
+                with pytest.raises(ValueError):
+                    a.recv_into(bytearray(2), 5)
+                # awaited, but failed at once (another task already waits on the fd)
+                async with broomio.open_nursery() as nursery:
+                    nursery.start_soon(lowlevel.wait_readable, a.fileno())
+                    await broomio.sleep(0)
+                    with pytest.raises(broomio.BusyResourceError):
+                        await lowlevel.wait_readable(a.fileno())
+                    nursery.cancel_scope.cancel()
+        finally:
+            a.close()
+            b.close()
+        return record
+
+    assert [str(w.message) for w in run_debug(main)] == []
+
+
 # ---------------------------------------------------------------------------
 # unclosed sockets
 
