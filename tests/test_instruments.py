@@ -270,3 +270,24 @@ def test_timeout_values_are_floats():
     broomio.run(napper, instruments=[recorder])
     assert recorder.timeouts and all(isinstance(t, float) for _, t in recorder.timeouts)
     assert all(not math.isnan(t) for _, t in recorder.timeouts)
+
+
+def test_a_loop_collected_without_close_runs_no_hooks():
+    import gc
+
+    calls: list[str] = []
+
+    class Exits(broomio.Instrument):
+        def task_exited(self, task: broomio.Task) -> None:
+            calls.append(short(task))
+
+    loop = broomio.Loop(debug=True, instruments=[Exits()])
+    loop.start_soon(broomio.sleep, 1)
+    del loop
+    gc.collect()
+    assert calls == []
+
+    # an explicit close() is an orderly shutdown: the abandoned task reports its exit
+    with broomio.Loop(instruments=[Exits()]) as loop:
+        loop.start_soon(broomio.sleep, 1, name="sleeper")
+    assert calls == ["sleeper"]

@@ -767,6 +767,9 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
 
 static int loop_clear(bro_loop *loop)
 {
+    /* No instrument may run while the loop is being torn down by the collector or its
+     * deallocator: a hook could resurrect it half-cleared. */
+    bro_instrument_clear(loop);
     if (!loop->running)
         loop_do_close(loop);
     if (PyErr_Occurred())
@@ -775,7 +778,6 @@ static int loop_clear(bro_loop *loop)
     Py_CLEAR(loop->clock);
     Py_CLEAR(loop->clock_now);
     Py_CLEAR(loop->clock_sleep_time);
-    bro_instrument_clear(loop);
     Py_CLEAR(loop->module);
     return 0;
 }
