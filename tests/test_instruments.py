@@ -291,3 +291,17 @@ def test_a_loop_collected_without_close_runs_no_hooks():
     with broomio.Loop(instruments=[Exits()]) as loop:
         loop.start_soon(broomio.sleep, 1, name="sleeper")
     assert calls == ["sleeper"]
+
+
+_PLUGIN_RECORDER = Recorder()
+
+
+@pytest.mark.broomio(instruments=[_PLUGIN_RECORDER])
+async def test_pytest_marker_installs_instruments():
+    await broomio.sleep(0)
+    assert broomio.current_loop().instruments == (_PLUGIN_RECORDER,)
+    events = _PLUGIN_RECORDER.events
+    assert ("before_run",) in events
+    # the test runs as a task: its sleep(0) rescheduled it
+    me = short(broomio.current_task())
+    assert events[-3:] == [("task_scheduled", me), ("after_task_step", me), ("before_task_step", me)]
