@@ -95,8 +95,8 @@ EXPECTED = [
     ("after_io_wait",),
     ("task_scheduled", "child"),  # its timer fired
     ("before_task_step", "child"),
-    ("task_exited", "child"),
     ("task_scheduled", "main"),  # the nursery's last child is done
+    ("task_exited", "child"),  # after the wake-ups it causes, as in trio
     ("after_task_step", "child"),
     ("before_task_step", "main"),
     ("task_exited", "main"),
@@ -134,6 +134,61 @@ def test_io_wait_timeout_is_inf_when_waiting_for_io_only():
     broomio.run(reader, instruments=[recorder])
     assert ("before", math.inf) in recorder.timeouts
     assert ("after", math.inf) in recorder.timeouts
+
+
+def test_hook_order_matches_trio():
+    """The same program under trio: the same sequence for the user's tasks, except that
+    broomio's run_until_complete() spawns the main task before the loop starts."""
+    import trio
+    import trio.abc
+
+    class TrioRecorder(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, ...]] = []
+
+        def _add(self, hook: str, task: trio.lowlevel.Task | None = None) -> None:
+            name = task.name.rsplit(".", 1)[-1].removeprefix("trio_") if task else ""
+            if task is None:
+                self.events.append((hook,))
+            elif name in ("main", "child"):  # not trio's own system tasks
+                self.events.append((hook, name))
+
+        def before_run(self) -> None:
+            self._add("before_run")
+
+        def after_run(self) -> None:
+            self._add("after_run")
+
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            self._add("task_spawned", task)
+
+        def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+            self._add("task_scheduled", task)
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self._add("before_task_step", task)
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            self._add("after_task_step", task)
+
+        def task_exited(self, task: trio.lowlevel.Task) -> None:
+            self._add("task_exited", task)
+
+    async def trio_child() -> None:
+        await trio.sleep(0.001)
+
+    async def trio_main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio_child, name="child")
+
+    trio_recorder = TrioRecorder()
+    trio.run(trio_main, instruments=[trio_recorder])
+    trio_events = trio_recorder.events
+    ours = [e for e in EXPECTED if e[0] not in ("before_io_wait", "after_io_wait")]
+    # move our before_run to where trio has it (before the main task exists)
+    ours.remove(("before_run",))
+    ours.insert(0, ("before_run",))
+    assert ours == trio_events
 
 
 def test_same_sequence_with_loop_instruments_and_add_instrument():

@@ -499,9 +499,6 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
     task_show_to_gc(t);
     Py_CLEAR(t->context);
     Py_CLEAR(t->wake);
-    /* Before joiners and the nursery hear of it: a debug monitor adds the creation
-     * traceback to the error here, before anything can report it. */
-    bro_hook(loop, BRO_HOOK_TASK_EXITED, (PyObject *)t);
     if (t->joiners != NULL)
         bro_lot_unpark(t->joiners, PY_SSIZE_T_MAX, NULL);
     bro_loop_unlink_task(loop, t);
@@ -514,6 +511,10 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
         r = bro_nursery_child_done(n, t);
         Py_DECREF(n);
     }
+    /* Last, as trio does: joiners and a waiting parent are already scheduled.  (A debug
+     * monitor adds the creation traceback to the error here; nobody has reported it yet,
+     * they only run later.)  The caller holds a reference to t. */
+    bro_hook(loop, BRO_HOOK_TASK_EXITED, (PyObject *)t);
     return r;
 }
 
