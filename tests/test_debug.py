@@ -252,6 +252,25 @@ def test_never_awaited_warning_for_each_kind_of_awaitable(case):
     assert (w.filename, w.lineno) == (__file__, line)
 
 
+def test_debug_mode_switched_on_and_off_while_running():
+    async def main():
+        loop = broomio.current_loop()
+        await broomio.sleep(0)  # fills the awaitable cache
+        loop.slow_callback_duration = 60.0
+        loop.debug = True
+        with pytest.warns(RuntimeWarning, match="broomio sleep awaitable created at"):
+            broomio.sleep(1)
+        await broomio.sleep(0)
+        loop.debug = False
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            broomio.sleep(1)
+            await broomio.sleep(0)
+        assert record == []
+
+    broomio.run(main, debug=False)
+
+
 def test_no_never_awaited_warning_without_debug():
     async def main():
         a, b = broomio.socket.socketpair()
