@@ -7,7 +7,8 @@ Debug mode is an internal :class:`~broomio.Instrument` (the *monitor*) plus a li
 * **Slow steps.**  ``before_task_step``/``after_task_step`` time every step.  Knowing *that*
   a step was slow is not enough -- the task has moved on by the time it yields -- so a
   watchdog thread looks at the loop thread's stack (``sys._current_frames()``) while a step
-  is running long, once it has run for half of ``slow_callback_duration``.  A blocking call
+  is running long: eight times per ``slow_callback_duration`` once a quarter of it has
+  passed, the latest sample winning.  A blocking call
   (``time.sleep``, a synchronous socket, a long computation) releases or shares the GIL, so
   the watchdog sees the line that blocks.  When the step ends over the threshold, the
   warning names the task and that line, through ``logging`` and ``warnings``
