@@ -14,6 +14,8 @@
 
 from . import from_thread, lowlevel
 from ._clock import Clock
+from ._debug import LoopStatistics, SlowStepWarning, statistics
+from ._instruments import Instrument
 from ._core import (
     Loop,
     Nursery,
@@ -90,8 +92,10 @@ __all__ = [
     "Event",
     "FdStream",
     "IncompleteReadError",
+    "Instrument",
     "Lock",
     "Loop",
+    "LoopStatistics",
     "Nursery",
     "Path",
     "Process",
@@ -101,6 +105,7 @@ __all__ = [
     "Queue",
     "Semaphore",
     "SignalReceiver",
+    "SlowStepWarning",
     "Task",
     "TaskCancelled",
     "TaskStatus",
@@ -139,6 +144,7 @@ __all__ = [
     "sleep",
     "sleep_forever",
     "sleep_until",
+    "statistics",
     "wrap_file",
     "__version__",
 ]

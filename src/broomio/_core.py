@@ -8,17 +8,17 @@ policy that runs once per nursery or per ``run()``.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, Iterator, TypeVar
 
 from . import _engine
-from . import _processes, _threads
+from . import _debug, _instruments, _processes, _threads
 from ._clock import Clock
+from ._instruments import Instrument
 from ._engine import (
     Cancelled,
     CancelScope,
@@ -59,16 +59,83 @@ class Loop(_engine.LoopCore):
         debug: bool | None = None,
         clock: Clock | None = None,
         backend: str | None = None,
+        instruments: Iterable[Instrument] = (),
     ) -> None:
+        # First, so that a loop whose arguments are rejected below still closes cleanly.
+        self._instruments: list[Instrument] = []
+        self._debug_monitor: _debug.DebugMonitor | None = None
         if backend not in (None, "epoll"):
             raise ValueError(f"unknown backend {backend!r}; available: 'epoll'")
         if clock is not None:
             self._set_clock(clock)
         if debug is None:
-            debug = os.environ.get("BROOMIO_DEBUG", "") not in ("", "0")
+            debug = _debug.env_debug()
         elif not isinstance(debug, bool):
             raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
-        self.debug = debug
+        self._instruments = [_instruments.check_instrument(inst) for inst in instruments]
+        if debug:
+            self._debug_monitor = _debug.DebugMonitor(self)
+        self._rebuild_hooks()
+
+    # ---- debug mode, instruments, introspection --------------------------------------
+
+    @property
+    def debug(self) -> bool:
+        """Debug mode: slow-step warnings, creation tracebacks on task errors, warnings for
+        never-awaited broomio awaitables and for sockets left open when the loop closes."""
+        return self._debug_monitor is not None
+
+    @debug.setter
+    def debug(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"debug must be a bool, not {type(value).__name__}")
+        if value == (self._debug_monitor is not None):
+            return
+        if value:
+            self._debug_monitor = _debug.DebugMonitor(self)
+        else:
+            monitor, self._debug_monitor = self._debug_monitor, None
+            if monitor is not None:
+                monitor.stop_watchdog()
+        self._rebuild_hooks()
+
+    @property
+    def instruments(self) -> tuple[Instrument, ...]:
+        """The instruments installed on this loop, in the order they run."""
+        return tuple(self._instruments)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Start calling ``instrument``'s hooks (a no-op if it is already installed)."""
+        _instruments.check_instrument(instrument)
+        if any(inst is instrument for inst in self._instruments):
+            return
+        self._instruments.append(instrument)
+        self._rebuild_hooks()
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Stop calling ``instrument``'s hooks; KeyError if it is not installed."""
+        for i, inst in enumerate(self._instruments):
+            if inst is instrument:
+                del self._instruments[i]
+                self._rebuild_hooks()
+                return
+        raise KeyError(instrument)
+
+    def _rebuild_hooks(self) -> None:
+        monitor = self._debug_monitor
+        active: list[Instrument] = [monitor] if monitor is not None else []
+        self._set_hooks(monitor, _instruments.hook_table(active + self._instruments))
+
+    def _instrument_failed(self, fn: Any, exc: BaseException) -> None:
+        # Called by the engine when a hook raised: log it, and remove that instrument.
+        _instruments.report_failure(fn, exc)
+        owner = getattr(fn, "__self__", None)
+        if any(inst is owner for inst in self._instruments):
+            self.remove_instrument(owner)  # type: ignore[arg-type]
+
+    def statistics(self) -> _debug.LoopStatistics:
+        """A snapshot of the loop's state: tasks, ready queue, timers, fds, ..."""
+        return _debug.loop_statistics(self)
 
     def _check_can_run(self) -> None:
         if self.closed:
@@ -142,6 +209,9 @@ class Loop(_engine.LoopCore):
             _processes.shutdown_pool(self)  # while the loop can still forget their sockets
         super().close()
         _threads.loop_closed(self)
+        monitor = self._debug_monitor
+        if monitor is not None:
+            monitor.loop_closed()
 
     def wrap_socket(self, sock: Any) -> Any:
         """The async socket (``broomio.socket.socket``) for a stdlib socket; the stdlib
@@ -163,9 +233,10 @@ def run(
     debug: bool | None = None,
     clock: Clock | None = None,
     backend: str | None = None,
+    instruments: Iterable[Instrument] = (),
 ) -> Any:
     """Create a loop, run fn_or_coro(*args) to completion on it, close it, return the result."""
-    loop = Loop(debug=debug, clock=clock, backend=backend)
+    loop = Loop(debug=debug, clock=clock, backend=backend, instruments=instruments)
     try:
         return loop.run_until_complete(fn_or_coro, *args)
     finally:

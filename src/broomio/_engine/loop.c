@@ -73,6 +73,7 @@ int bro_ready_push(bro_loop *loop, PyObject *obj)
         tail -= loop->ring_cap;
     loop->ring[tail] = Py_NewRef(obj);
     loop->ring_len++;
+    bro_hook(loop, BRO_HOOK_TASK_SCHEDULED, obj);
     /* Pushed from another thread (task.cancel(), lot.unpark() ...) while the loop may be
      * sleeping in epoll_wait: wake it.  The GIL serializes the ring itself. */
     if (loop->running && bro_running_loop != loop && loop->poller != NULL)
@@ -376,6 +377,8 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
     if (poll_timeout_ms(loop, &timeout, idle) < 0)
         return -1;
     int count, err;
+    bro_hook_io(loop, BRO_HOOK_BEFORE_IO_WAIT, timeout);
+    loop->io_waits++;
     Py_BEGIN_ALLOW_THREADS count =
         bro_poller_wait(loop->poller, timeout, events, max_events, woken);
     err = errno;
@@ -389,6 +392,7 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
         count = 0;
         *idle = 0; /* interrupted before the idle wait ran out */
     }
+    bro_hook_io(loop, BRO_HOOK_AFTER_IO_WAIT, timeout);
     if (count > 0 || *woken)
         *idle = 0;
     if (bro_loop_now(loop, &loop->now) < 0)
@@ -405,6 +409,24 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
  * (and blocks) at once. */
 #define BRO_POLL_STEPS 64
 
+/* Steps the n tasks at the front of the ring.  Inlined twice with `hooked` constant, so
+ * that the loop without per-step instruments tests loop->step_hooked once per batch, not once
+ * per step. */
+static inline __attribute__((always_inline)) int run_ready(bro_loop *loop, Py_ssize_t n,
+                                                           int hooked)
+{
+    while (n-- > 0) {
+        bro_task *t = (bro_task *)ready_pop(loop);
+        int r = 0;
+        if (t->state == BRO_TASK_READY)
+            r = hooked ? bro_task_step_hooked(loop, t) : bro_task_step(t);
+        Py_DECREF(t);
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int run_iterations(bro_loop *loop)
 {
     bro_poll_event events[256];
@@ -412,15 +434,8 @@ static int run_iterations(bro_loop *loop)
     while (loop->live_tasks > 0) {
         Py_ssize_t n = loop->ring_len;
         steps_since_poll += n;
-        while (n-- > 0) {
-            bro_task *t = (bro_task *)ready_pop(loop);
-            int r = 0;
-            if (t->state == BRO_TASK_READY)
-                r = bro_task_step(t);
-            Py_DECREF(t);
-            if (r < 0)
-                return -1;
-        }
+        if ((loop->step_hooked ? run_ready(loop, n, 1) : run_ready(loop, n, 0)) < 0)
+            return -1;
         if (loop->live_tasks == 0)
             break;
 
@@ -472,8 +487,11 @@ static PyObject *loop_run(bro_loop *loop, PyObject *Py_UNUSED(ignored))
         r = bro_loop_now(loop, &loop->now);
     if (r == 0)
         r = signals_install(loop);
-    if (r == 0)
+    if (r == 0) {
+        bro_hook(loop, BRO_HOOK_BEFORE_RUN, NULL);
         r = run_iterations(loop);
+        bro_hook(loop, BRO_HOOK_AFTER_RUN, NULL);
+    }
     signals_restore(loop);
     bro_running_loop = NULL;
     loop->running = 0;
@@ -630,12 +648,25 @@ static PyObject *loop_get_debug(bro_loop *loop, void *Py_UNUSED(c))
     return PyBool_FromLong(loop->debug);
 }
 
+void bro_loop_set_debug_flag(bro_loop *loop, int on)
+{
+    /* Awaitables check the flag only when their cache misses, so debug mode must start
+     * with empty caches (ops in use elsewhere just lose the loop's reference). */
+    if (on && !loop->debug) {
+        for (int i = 0; i < 4; i++) {
+            Py_CLEAR(loop->op_cache[i]);
+            Py_CLEAR(loop->sockop_cache[i]);
+        }
+    }
+    loop->debug = (uint8_t)(on != 0);
+}
+
 static int loop_set_debug(bro_loop *loop, PyObject *v, void *Py_UNUSED(c))
 {
     int on = v ? PyObject_IsTrue(v) : 0;
     if (on < 0)
         return -1;
-    loop->debug = (uint8_t)on;
+    bro_loop_set_debug_flag(loop, on);
     return 0;
 }
 
@@ -729,11 +760,16 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
         Py_VISIT(loop->op_cache[i]);
         Py_VISIT(loop->sockop_cache[i]);
     }
+    if (bro_instrument_traverse(loop, visit, arg))
+        return -1;
     return bro_clock_traverse(loop, visit, arg);
 }
 
 static int loop_clear(bro_loop *loop)
 {
+    /* No instrument may run while the loop is being torn down by the collector or its
+     * deallocator: a hook could resurrect it half-cleared. */
+    bro_instrument_clear(loop);
     if (!loop->running)
         loop_do_close(loop);
     if (PyErr_Occurred())
@@ -770,6 +806,9 @@ static PyMethodDef loop_methods[] = {
     {"_set_clock", (PyCFunction)bro_loop_set_clock, METH_O, NULL},
     {"_idle_add", (PyCFunction)(void (*)(void))bro_loop_idle_add, METH_FASTCALL, NULL},
     {"_idle_discard", (PyCFunction)bro_loop_idle_discard, METH_O, NULL},
+    {"_set_hooks", (PyCFunction)(void (*)(void))bro_loop_set_hooks, METH_FASTCALL, NULL},
+    {"_statistics", (PyCFunction)bro_loop_statistics, METH_NOARGS, NULL},
+    {"_all_tasks", (PyCFunction)bro_loop_all_tasks, METH_NOARGS, NULL},
     {"close", (PyCFunction)loop_close, METH_NOARGS,
      "Release the loop's resources; unfinished tasks are closed."},
     {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, METH_FASTCALL,

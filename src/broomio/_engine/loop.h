@@ -12,6 +12,20 @@
 #include "poll.h"
 #include "state.h"
 
+/* The Instrument hooks, in the order of broomio._instruments.HOOKS. */
+enum {
+    BRO_HOOK_BEFORE_RUN,
+    BRO_HOOK_AFTER_RUN,
+    BRO_HOOK_TASK_SPAWNED,
+    BRO_HOOK_TASK_SCHEDULED,
+    BRO_HOOK_BEFORE_TASK_STEP,
+    BRO_HOOK_AFTER_TASK_STEP,
+    BRO_HOOK_TASK_EXITED,
+    BRO_HOOK_BEFORE_IO_WAIT,
+    BRO_HOOK_AFTER_IO_WAIT,
+    BRO_NHOOKS
+};
+
 typedef struct {
     double cushion;
     uint64_t seq;
@@ -60,6 +74,14 @@ struct bro_loop {
     PyObject *sockop_cache[4]; /* reusable socket awaitables; see sock.c */
     char *scratch;             /* recv buffer: reads land here, then one exact-size copy */
     uint8_t running, closed, debug;
+    /* Instruments and debug mode (instrument.c).  hooks[i] is a tuple of the callables to
+     * run for hook i, or NULL when nobody listens: each call site pays one pointer test.
+     * step_hooked folds the two per-step hooks into the one flag the run loop tests.
+     * debug_obj is the Python debug monitor (broomio._debug) while debug mode is on. */
+    uint8_t step_hooked;
+    uint64_t io_waits; /* polls for I/O so far (statistics; one increment per poll) */
+    PyObject *hooks[BRO_NHOOKS];
+    PyObject *debug_obj;
     PyObject *weakreflist;
 };
 
@@ -121,5 +143,43 @@ PyObject *bro_loop_get_autojump(bro_loop *loop, void *closure);
 int bro_loop_set_autojump(bro_loop *loop, PyObject *v, void *closure);
 PyObject *bro_loop_idle_add(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bro_loop_idle_discard(bro_loop *loop, PyObject *task);
+
+
+/* ---- instruments, debug mode, introspection (instrument.c) ---- */
+
+/* Calls every callable of hook `which` with arg (NULL: no argument).  Never fails: the
+ * current exception, if any, is kept; an instrument that raises is handed to
+ * Loop._instrument_failed(), which logs the error and removes it. */
+void bro_hook_call(bro_loop *loop, int which, PyObject *arg);
+static inline void bro_hook(bro_loop *loop, int which, PyObject *arg)
+{
+    if (loop->hooks[which] != NULL)
+        bro_hook_call(loop, which, arg);
+}
+/* before_io_wait / after_io_wait with the poll's timeout (-1 ms: forever). */
+void bro_hook_io_call(bro_loop *loop, int which, int timeout_ms);
+static inline void bro_hook_io(bro_loop *loop, int which, int timeout_ms)
+{
+    if (loop->hooks[which] != NULL)
+        bro_hook_io_call(loop, which, timeout_ms);
+}
+/* A step with before_task_step / after_task_step around it. */
+int bro_task_step_hooked(bro_loop *loop, bro_task *t);
+/* Debug mode: where the awaitable being created was created, as a (filename, lineno,
+ * function) tuple for the first frame outside broomio; None if there is none.  NULL on
+ * error. */
+PyObject *bro_debug_origin(void);
+/* Debug mode: warns (RuntimeWarning) that an awaitable created at origin was never awaited.
+ * Safe in a deallocator: keeps the current exception, reports failures as unraisable. */
+void bro_debug_never_awaited(PyObject *self, const char *what, PyObject *origin);
+int bro_instrument_traverse(bro_loop *loop, visitproc visit, void *arg);
+/* Sets loop->debug; switching it on empties the awaitable caches (see op_alloc_ex). */
+void bro_loop_set_debug_flag(bro_loop *loop, int on);
+void bro_instrument_clear(bro_loop *loop);
+
+/* Loop methods implemented in instrument.c. */
+PyObject *bro_loop_set_hooks(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bro_loop_statistics(bro_loop *loop, PyObject *ignored);
+PyObject *bro_loop_all_tasks(bro_loop *loop, PyObject *ignored);
 
 #endif

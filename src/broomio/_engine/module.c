@@ -84,6 +84,7 @@ static PyMethodDef module_functions[] = {
      "sleep_forever()\n--\n\nAwaitable: sleep until cancelled."},
     {"checkpoint", bro_mod_checkpoint, METH_NOARGS,
      "checkpoint()\n--\n\nAwaitable: let other tasks run; raise Cancelled if cancelled."},
+    {"_optional_checkpoint", bro_mod_optional_checkpoint, METH_NOARGS, NULL},
     {"suspend", (PyCFunction)(void (*)(void))bro_mod_suspend, METH_FASTCALL,
      "suspend(abort_fn=None)\n--\n\nAwaitable: park the current task until "
      "loop.reschedule(task, ...).  abort_fn() is called on cancellation; a true result "
@@ -175,6 +176,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->loop_type);
     Py_VISIT(st->task_type);
     Py_VISIT(st->op_type);
+    Py_VISIT(st->op_debug_type);
     Py_VISIT(st->scope_type);
     Py_VISIT(st->nursery_type);
     Py_VISIT(st->lot_type);
@@ -204,6 +206,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->loop_type);
     Py_CLEAR(st->task_type);
     Py_CLEAR(st->op_type);
+    Py_CLEAR(st->op_debug_type);
     Py_CLEAR(st->scope_type);
     Py_CLEAR(st->nursery_type);
     Py_CLEAR(st->lot_type);

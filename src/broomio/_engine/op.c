@@ -88,6 +88,44 @@ static const char *op_name(bro_op *op)
     return op->kind == OP_SYNC ? bro_sync_name(op->sub) : op_names[op->kind];
 }
 
+/* Debug mode: an op that remembers where it was created, so that dropping it without an
+ * await can be reported (instrument.c).  A type of its own, so that ordinary ops do not pay
+ * for the field; debug ops bypass the cache and die when their last user lets go. */
+typedef struct {
+    bro_op op;
+    PyObject *origin; /* (filename, lineno, function), None if unknown, NULL: untracked */
+} bro_op_debug;
+
+static void op_init(bro_op *op, int kind)
+{
+    op->kind = (uint8_t)kind;
+    op->state = OP_FRESH;
+    op->absolute = 0;
+    op->dir = 0;
+    op->sub = 0;
+    op->fd = -1;
+    op->value = 0;
+    op->target = NULL;
+    op->arg = NULL;
+    op->lot = NULL;
+}
+
+static PyObject *op_alloc_debug(bro_state *st, int kind)
+{
+    PyObject *origin = bro_debug_origin();
+    if (origin == NULL)
+        return NULL;
+    bro_op_debug *d = PyObject_GC_New(bro_op_debug, st->op_debug_type);
+    if (d == NULL) {
+        Py_DECREF(origin);
+        return NULL;
+    }
+    op_init(&d->op, kind);
+    d->origin = origin;
+    PyObject_GC_Track(d);
+    return (PyObject *)d;
+}
+
 static PyObject *op_alloc(bro_state *st, int kind)
 {
     bro_loop *loop = bro_running_loop;
@@ -107,20 +145,15 @@ static PyObject *op_alloc(bro_state *st, int kind)
                 return Py_NewRef(cached);
             }
         }
+        /* Debug mode keeps the cache empty (bro_loop_set_hooks), so the test costs only
+         * cache misses, never the hits of a loop that is not in debug mode. */
+        if (loop->debug)
+            return op_alloc_debug(st, kind);
     }
     bro_op *op = PyObject_GC_New(bro_op, st->op_type);
     if (op == NULL)
         return NULL;
-    op->kind = (uint8_t)kind;
-    op->state = OP_FRESH;
-    op->absolute = 0;
-    op->dir = 0;
-    op->sub = 0;
-    op->fd = -1;
-    op->value = 0;
-    op->target = NULL;
-    op->arg = NULL;
-    op->lot = NULL;
+    op_init(op, kind);
     PyObject_GC_Track(op);
     if (loop != NULL) {
         for (int i = 0; i < 4; i++) {
@@ -174,10 +207,14 @@ static PySendResult op_fd_fresh(bro_op *op, bro_task *t, PyObject **res)
 {
     bro_loop *loop = t->loop;
     bro_fd_slot *slot = bro_fd_slot_get(&loop->fds, op->fd);
-    if (slot == NULL)
+    /* Failures end the op (it was awaited: debug mode must not call it forgotten). */
+    if (slot == NULL) {
+        op->state = OP_DONE;
         return PYGEN_ERROR;
+    }
     bro_task **waiter = op->dir == BRO_READABLE ? &slot->reader : &slot->writer;
     if (*waiter != NULL) {
+        op->state = OP_DONE;
         PyErr_Format(loop->st->BusyResourceError,
                      "another task is already waiting for fd %d to become %s", op->fd,
                      op->dir == BRO_READABLE ? "readable" : "writable");
@@ -187,6 +224,7 @@ static PySendResult op_fd_fresh(bro_op *op, bro_task *t, PyObject **res)
      * epoll reports a fresh edge at once if the fd is ready now.  (Socket operations, which
      * try the syscall first, keep the readiness bits instead and need no epoll_ctl.) */
     if (bro_poller_arm(loop->poller, op->fd, slot->registered) < 0) {
+        op->state = OP_DONE;
         PyErr_SetFromErrno(PyExc_OSError);
         return PYGEN_ERROR;
     }
@@ -245,8 +283,10 @@ static PySendResult op_fresh(bro_op *op, bro_task *t, PyObject **res)
         }
         if (isinf(deadline) && deadline > 0)
             return op_park(op, t, BRO_WAIT_FOREVER, 1, res);
-        if (bro_heap_push(&loop->heap, deadline, (PyObject *)t) < 0)
+        if (bro_heap_push(&loop->heap, deadline, (PyObject *)t) < 0) {
+            op->state = OP_DONE;
             return PYGEN_ERROR;
+        }
         return op_park(op, t, BRO_WAIT_TIMER, 1, res);
     }
     case OP_LOT:
@@ -497,6 +537,16 @@ static void op_dealloc(bro_op *op)
     Py_DECREF(tp);
 }
 
+/* A debug op that dies without having been awaited is the "forgot the await" mistake. */
+static void op_debug_dealloc(bro_op_debug *d)
+{
+    PyObject_GC_UnTrack(d);
+    if (d->op.state == OP_FRESH && d->origin != NULL)
+        bro_debug_never_awaited((PyObject *)d, op_name(&d->op), d->origin);
+    Py_CLEAR(d->origin);
+    op_dealloc(&d->op);
+}
+
 static PyObject *op_repr(bro_op *op)
 {
     return PyUnicode_FromFormat("<broomio %s awaitable>", op_name(op));
@@ -531,9 +581,33 @@ static PyType_Spec op_spec = {
     .slots = op_slots,
 };
 
+static PyType_Slot op_debug_slots[] = {
+    {Py_tp_doc, "An engine awaitable created in debug mode: it knows where it was created."},
+    {Py_am_await, op_await},
+    {Py_am_send, op_send},
+    {Py_tp_iter, op_await},
+    {Py_tp_iternext, op_iternext},
+    {Py_tp_methods, op_methods},
+    {Py_tp_dealloc, op_debug_dealloc},
+    {Py_tp_traverse, op_traverse},
+    {Py_tp_clear, op_clear},
+    {Py_tp_repr, op_repr},
+    {0, NULL},
+};
+
+static PyType_Spec op_debug_spec = {
+    .name = "broomio._engine.DebugAwaitable",
+    .basicsize = sizeof(bro_op_debug),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = op_debug_slots,
+};
+
 int bro_op_init_types(PyObject *module, bro_state *st)
 {
-    return bro_module_add_type(module, &op_spec, NULL, &st->op_type);
+    if (bro_module_add_type(module, &op_spec, NULL, &st->op_type) < 0)
+        return -1;
+    return bro_module_add_type(module, &op_debug_spec, NULL, &st->op_debug_type);
 }
 
 /* ---- constructors used by the module functions and the types ------------------------- */
@@ -612,6 +686,17 @@ PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *Py_UNUSED(ignored))
 PyObject *bro_mod_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     return op_alloc(state_of(module), OP_CHECKPOINT);
+}
+
+/* A checkpoint that the caller may await or drop (socket.shutdown() returns one): debug mode
+ * does not report it as forgotten. */
+PyObject *bro_mod_optional_checkpoint(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    bro_state *st = state_of(module);
+    PyObject *op = op_alloc(st, OP_CHECKPOINT);
+    if (op != NULL && Py_IS_TYPE(op, st->op_debug_type))
+        Py_CLEAR(((bro_op_debug *)op)->origin); /* untracked: dropping it is fine */
+    return op;
 }
 
 PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs)

@@ -97,6 +97,7 @@ typedef struct {
     Py_ssize_t offset; /* send_all: bytes sent so far */
     bro_socket *sock;  /* strong */
     PyObject *arg;     /* strong: the data/buffer object, or (fn, args) for SOP_CALL */
+    PyObject *origin;  /* debug mode: where the op was created (instrument.c), else NULL */
     Py_buffer view;
 } bro_sockop;
 
@@ -136,6 +137,13 @@ static void sockop_dealloc(bro_sockop *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    if (op->origin != NULL) {
+        char what[48];
+        PyOS_snprintf(what, sizeof what, "socket %s", sop_names[op->kind]);
+        if (op->state == SOP_FRESH)
+            bro_debug_never_awaited((PyObject *)op, what, op->origin);
+        Py_CLEAR(op->origin);
+    }
     sockop_clear(op);
     tp->tp_free((PyObject *)op);
     Py_DECREF(tp);
@@ -145,6 +153,7 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
 {
     bro_loop *loop = bro_running_loop;
     bro_sockop *op = NULL;
+    PyObject *origin = NULL;
     if (loop != NULL) {
         for (int i = 0; i < 4 && op == NULL; i++) {
             PyObject *cached = loop->sockop_cache[i];
@@ -153,17 +162,30 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
                 sockop_clear(op);
             }
         }
+        /* Debug mode keeps the cache empty (bro_loop_set_hooks): a fresh op that knows
+         * where it was created and warns if it is dropped without an await.  It is not
+         * cached, so that it dies on time. */
+        if (op == NULL && loop->debug) {
+            if ((origin = bro_debug_origin()) == NULL)
+                return NULL;
+            loop = NULL;
+        }
     }
     if (op == NULL) {
         PyObject *module = PyType_GetModuleByDef(Py_TYPE(s), &bro_module_def);
-        if (module == NULL)
+        if (module == NULL) {
+            Py_XDECREF(origin);
             return NULL;
+        }
         bro_state *st = PyModule_GetState(module);
         op = PyObject_GC_New(bro_sockop, st->sockop_type);
-        if (op == NULL)
+        if (op == NULL) {
+            Py_XDECREF(origin);
             return NULL;
+        }
         op->sock = NULL;
         op->arg = NULL;
+        op->origin = origin;
         op->has_view = 0;
         PyObject_GC_Track(op);
         if (loop != NULL) {
@@ -184,6 +206,14 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
     op->stream = 0;
     op->sock = (bro_socket *)Py_NewRef(s);
     return op;
+}
+
+/* Drops an op whose construction failed (bad arguments): it is done, not forgotten, so
+ * debug mode must not report it as never awaited. */
+static void sockop_discard(bro_sockop *op)
+{
+    op->state = SOP_DONE;
+    Py_DECREF(op);
 }
 
 enum { TRY_DONE, TRY_AGAIN, TRY_ERROR };
@@ -649,7 +679,7 @@ static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
     if (op == NULL)
         return NULL;
     if (PyObject_GetBuffer(buffer, &op->view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->has_view = 1;
@@ -657,7 +687,7 @@ static PyObject *sock_recv_into(bro_socket *s, PyObject *args, PyObject *kwds)
         nbytes = op->view.len;
     if (nbytes > op->view.len) {
         PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->size = nbytes;
@@ -682,7 +712,7 @@ static PyObject *sock_send_common(bro_socket *s, PyObject *const *args, Py_ssize
     if (op == NULL)
         return NULL;
     if (PyObject_GetBuffer(args[0], &op->view, PyBUF_SIMPLE) < 0) {
-        Py_DECREF(op);
+        sockop_discard(op);
         return NULL;
     }
     op->has_view = 1;
@@ -862,6 +892,15 @@ static int sock_init(bro_socket *s, PyObject *args, PyObject *kwds)
         return -1;
     Py_XSETREF(s->sock, Py_NewRef(sock));
     s->fd = fd;
+    /* Debug mode: the monitor remembers the socket, to report it if it is still open when
+     * the loop closes (a ResourceWarning). */
+    bro_loop *loop = bro_running_loop;
+    if (loop != NULL && loop->debug_obj != NULL) {
+        PyObject *r = PyObject_CallMethod(loop->debug_obj, "track_socket", "O", (PyObject *)s);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
     return 0;
 }
 

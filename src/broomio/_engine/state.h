@@ -27,6 +27,7 @@ typedef struct {
     PyTypeObject *loop_type;
     PyTypeObject *task_type;
     PyTypeObject *op_type;
+    PyTypeObject *op_debug_type; /* op.c: an op that remembers its origin (debug mode) */
     PyTypeObject *scope_type;
     PyTypeObject *nursery_type;
     PyTypeObject *lot_type;
@@ -101,6 +102,7 @@ PyObject *bro_mod_sleep(PyObject *module, PyObject *arg);
 PyObject *bro_mod_sleep_until(PyObject *module, PyObject *arg);
 PyObject *bro_mod_sleep_forever(PyObject *module, PyObject *ignored);
 PyObject *bro_mod_checkpoint(PyObject *module, PyObject *ignored);
+PyObject *bro_mod_optional_checkpoint(PyObject *module, PyObject *ignored);
 PyObject *bro_mod_suspend(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bro_mod_wait_readable(PyObject *module, PyObject *arg);
 PyObject *bro_mod_wait_writable(PyObject *module, PyObject *arg);

@@ -246,6 +246,7 @@ bro_task *bro_task_spawn(bro_loop *loop, bro_nursery *nursery, PyObject *coro, P
      * every collection cheaper while many tasks are alive.  loop.close() finishes every
      * live task, and bro_task_finish() starts tracking it, once cycles through its result
      * or traceback become possible. */
+    bro_hook(loop, BRO_HOOK_TASK_SPAWNED, (PyObject *)t);
 
     if (delay > 0) {
         bro_task_park(t, BRO_WAIT_TIMER, 1);
@@ -510,6 +511,10 @@ int bro_task_finish(bro_task *t, PyObject *result, PyObject *exc)
         r = bro_nursery_child_done(n, t);
         Py_DECREF(n);
     }
+    /* Last, as trio does: joiners and a waiting parent are already scheduled.  (A debug
+     * monitor adds the creation traceback to the error here; nobody has reported it yet,
+     * they only run later.)  The caller holds a reference to t. */
+    bro_hook(loop, BRO_HOOK_TASK_EXITED, (PyObject *)t);
     return r;
 }
 

@@ -42,7 +42,7 @@ from ._mock_clock import MockClock
 
 _MARKER = "broomio"
 _LOOP_FIXTURE = "broomio_loop"
-_OPTIONS = ("clock", "debug")
+_OPTIONS = ("clock", "debug", "instruments")
 
 
 def pytest_configure(config: pytest.Config) -> None:
