@@ -176,3 +176,17 @@ def test_the_checker_sees_a_leak() -> None:
     before, after = json.loads(proc.stdout.strip().splitlines()[-1])
     assert after["typerefs"] - before["typerefs"] == 20_000
     assert after["blocks"] - before["blocks"] >= 20_000
+
+
+if __name__ == "__main__":
+    # The valgrind workload (docs/reliability.md): every recipe, a few hundred cycles, in
+    # this one process, e.g.
+    #   PYTHONMALLOC=malloc valgrind --tool=memcheck --error-exitcode=99 \
+    #       python tests/test_type_cycles.py 300
+    import sys
+
+    cycles = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    WARMUP = max(1, cycles // 10)
+    for type_name in exported_types():
+        exec(compile(program(type_name, cycles), f"<{type_name}>", "exec"), {})
+    print(f"{len(exported_types())} types x {cycles} cycles: done")
