@@ -175,7 +175,10 @@ def test_the_checker_sees_a_leak() -> None:
     assert proc.returncode == 0, proc.stderr
     before, after = json.loads(proc.stdout.strip().splitlines()[-1])
     assert after["typerefs"] - before["typerefs"] == 20_000
-    assert after["blocks"] - before["blocks"] >= 20_000
+    # sys.getallocatedblocks() is 0 without pymalloc (PYTHONMALLOC=malloc, as in CI's
+    # sanitizer run): then only the reference count can show the leak.
+    if before["blocks"]:
+        assert after["blocks"] - before["blocks"] >= 20_000
 
 
 if __name__ == "__main__":
