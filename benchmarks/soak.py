@@ -460,7 +460,9 @@ def run_soak(cfg: SoakConfig, out: Callable[[str], None] = print) -> SoakResult:
             sample = {"server": rss_bytes(server.proc.pid), "client": rss_bytes(client.proc.pid)}
             for k in sample:
                 peak[k] = max(peak[k], sample[k])
-                if sample[k]:
+                # "End" is the last sample inside the traffic window: once it is over the
+                # children close their connections and free memory, which would hide growth.
+                if sample[k] and now - t0 <= cfg.duration:
                     last[k] = sample[k]
             if baseline is None and now - t0 >= warmup:
                 baseline = sample
@@ -493,8 +495,6 @@ def run_soak(cfg: SoakConfig, out: Callable[[str], None] = print) -> SoakResult:
         except subprocess.TimeoutExpired:
             fail("the server did not exit after its stdin was closed")
         server.join_readers()
-        # The last samples taken while the client was still running (the children free
-        # their connections' memory when they end, which would hide growth).
         end_rss = dict(last)
         result.rss["end"] = end_rss
         result.rss["peak"] = peak
