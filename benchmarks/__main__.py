@@ -11,6 +11,10 @@ Subcommands:
   event fan-out), same frameworks, same machinery.
 * ``threads`` -- worker-thread round trips (``run_in_thread`` vs ``asyncio.to_thread``
   and ``trio.to_thread.run_sync``), same machinery.
+* ``soak`` -- reliability soak: a broomio echo server and a broomio client (two
+  processes), N concurrent connections (default 10,000) exchanging CRC-checked
+  random-size messages for a duration; exits non-zero on any error, lost byte
+  or RSS growth beyond the bound (see ``benchmarks/soak.py``).
 * ``report`` (the default: plain ``python -m benchmarks``) -- ``micro`` and
   ``sync`` in one run, written to ``benchmarks/results/`` (or ``--out DIR``) as
   a Markdown table (``benchmarks.md``), a PNG bar chart of the speed-ups over
@@ -34,7 +38,7 @@ from typing import Any
 
 from types import ModuleType
 
-from . import echo, micro, sync, threads
+from . import echo, micro, soak, sync, threads
 from ._build import BuildError, build_c_program
 from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
@@ -368,6 +372,23 @@ def _run_echo(args: argparse.Namespace) -> int:
     return 1 if (args.strict and failed) else 0
 
 
+def _add_soak(sub: Any) -> None:
+    p = sub.add_parser(
+        "soak",
+        help="reliability soak: N connections, checksummed messages, RSS bound (exit 1 on fail)",
+        description=soak.__doc__.split("\n\n", 1)[0] if soak.__doc__ else None,
+    )
+    soak.add_arguments(p)
+    p.set_defaults(func=_run_soak, parser=p)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    cfg = soak.config_from_args(args, args.parser)
+    with signals_raise():  # SIGTERM/SIGHUP unwind like Ctrl-C: the children get killed
+        result = soak.run_soak(cfg, lambda line: print(line, flush=True))
+    return 0 if result.ok else 1
+
+
 #: Where ``report`` writes its files unless --out says otherwise (gitignored).
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -497,7 +518,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 #: Sub-parser registrations, one per suite.
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_threads, _add_echo,
-                                            _add_report]
+                                            _add_soak, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ Then try ``nc localhost 25000`` or ``python examples/echo_client.py --port 25000
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
@@ -37,7 +38,19 @@ async def server(address: tuple[str, int], task_status: Any = None) -> None:
         task_status.started(asock.getsockname())
     async with asock, broomio.open_nursery() as nursery:
         while True:
-            conn, addr = await asock.accept()
+            try:
+                conn, addr = await asock.accept()
+            except OSError as exc:
+                # Out of descriptors or memory (a connection storm): this is no reason to
+                # stop serving the clients already connected.  Wait for some to leave.
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logging.error(f"accept() failed ({errno.errorcode[exc.errno]}: "
+                                  f"{exc.strerror}); retrying in 0.1 s")
+                    await broomio.sleep(0.1)
+                    continue
+                if exc.errno == errno.ECONNABORTED:  # reset before we accepted it
+                    continue
+                raise
             logging.info(f"{addr} connected")
             nursery.start_soon(echo_handler, conn, addr)
 

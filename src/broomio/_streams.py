@@ -778,8 +778,14 @@ async def serve_unix(
     fspath = os.fspath(path)
     listener = await open_unix_listener(fspath, backlog=backlog)
     identity = None
-    if not (isinstance(fspath, (str, bytes)) and fspath[:1] in ("\0", b"\0")):
-        st = os.stat(fspath)
+    # An abstract address ("\0name") or an empty path (Linux autobinds an abstract one)
+    # has no file to remove afterwards.
+    if fspath and not (isinstance(fspath, (str, bytes)) and fspath[:1] in ("\0", b"\0")):
+        try:
+            st = os.stat(fspath)
+        except BaseException:
+            listener.socket.close()  # never leak the listener (it used to, on "")
+            raise
         identity = (st.st_dev, st.st_ino)
     try:
         await serve_listeners(

@@ -866,6 +866,14 @@ static int sock_init(bro_socket *s, PyObject *args, PyObject *kwds)
     PyObject *sock;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:SocketCore", kwlist, &sock))
         return -1;
+    /* PyObject_AsFileDescriptor also accepts a bare int, but a core wraps a socket object
+     * (it calls its methods below): reject ints up front with a clear TypeError instead of
+     * an AttributeError about int.setblocking (SocketCore._from_fd is the raw-fd path). */
+    if (PyLong_Check(sock)) {
+        PyErr_Format(PyExc_TypeError, "SocketCore requires a socket object, not %.100s",
+                     Py_TYPE(sock)->tp_name);
+        return -1;
+    }
     int fd = PyObject_AsFileDescriptor(sock);
     if (fd < 0)
         return -1;
