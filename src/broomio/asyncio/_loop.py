@@ -27,7 +27,7 @@ __all__ = ["EventLoop"]
 
 _engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle)
 
-_logger = asyncio.base_events.logger
+_logger = asyncio.base_events.logger  # type: ignore[attr-defined]
 _format_handle = asyncio.base_events._format_handle  # type: ignore[attr-defined]
 
 
@@ -89,7 +89,7 @@ class _CoreSelector(selectors.BaseSelector):
         self._loop._close_core()
 
 
-class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
+class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose core runs on broomio's C engine."""
 
     def __init__(self) -> None:
@@ -97,23 +97,24 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):  #
 
     def run_forever(self) -> None:
         """Run until stop() is called (the iterations themselves run in C)."""
-        self._check_closed()
-        self._check_running()
-        self._set_coroutine_origin_tracking(self._debug)
+        this: Any = self  # asyncio's private helpers are not in typeshed
+        this._check_closed()
+        this._check_running()
+        this._set_coroutine_origin_tracking(this._debug)
         saved_hooks = sys.get_asyncgen_hooks()
         try:
             self._thread_id = threading.get_ident()
             sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook,
-                finalizer=self._asyncgen_finalizer_hook,
+                firstiter=this._asyncgen_firstiter_hook,
+                finalizer=this._asyncgen_finalizer_hook,
             )
             asyncio.events._set_running_loop(self)
             self._run_until_stopped()
         finally:
             self._stopping = False
-            self._thread_id = None
+            self._thread_id = None  # type: ignore[assignment]
             asyncio.events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
+            this._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*saved_hooks)
 
     # ---- hooks called by the C core --------------------------------------------------
@@ -127,9 +128,10 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):  #
         context: Context | None,
     ) -> asyncio.Handle:
         """Debug mode: asyncio's checks, and a handle that records where it was made."""
+        this: Any = self
         if kind in ("call_soon", "call_at"):
-            self._check_thread()
-            self._check_callback(callback, kind)
+            this._check_thread()
+            this._check_callback(callback, kind)
         handle: asyncio.Handle
         if kind == "call_at":
             assert when is not None
@@ -146,18 +148,17 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):  #
         self._current_handle = handle
         try:
             start = self.time()
-            handle._run()  # type: ignore[attr-defined]
+            handle._run()
             took = self.time() - start
             if took >= self.slow_callback_duration:
                 _logger.warning("Executing %s took %.3f seconds", _format_handle(handle), took)
         finally:
-            self._current_handle = None
+            self._current_handle = None  # type: ignore[assignment]
 
     def _broomio_callback_error(self, handle: asyncio.Handle, exc: BaseException) -> None:
         """A callback raised: report it through the exception handler, as Handle._run does."""
-        source = asyncio.format_helpers._format_callback_source(  # type: ignore[attr-defined]
-            handle._callback, handle._args  # type: ignore[attr-defined]
-        )
+        h: Any = handle
+        source = asyncio.format_helpers._format_callback_source(h._callback, h._args)
         context: dict[str, Any] = {
             "message": f"Exception in callback {source}",
             "exception": exc,
