@@ -486,6 +486,22 @@ static PyObject *core_call_later(aio_core *c, PyObject *const *args, Py_ssize_t 
     return h;
 }
 
+static PyObject *core_get_debug(aio_core *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(c->debug);
+}
+
+/* create_future(): asyncio.Future(loop=self), called without a Python frame. */
+static PyObject *core_create_future(aio_core *c, PyObject *Py_UNUSED(ignored))
+{
+    bro_state *st = c->st;
+    if (check_setup(st) < 0)
+        return NULL;
+    PyObject *args[2] = {NULL, (PyObject *)c};
+    return PyObject_Vectorcall(st->aio_future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               st->aio_kw_loop);
+}
+
 static PyObject *core_time(aio_core *Py_UNUSED(c), PyObject *Py_UNUSED(ignored))
 {
     return PyFloat_FromDouble(now_monotonic());
@@ -1035,6 +1051,9 @@ static PyMethodDef core_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))core_call_later, METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None) -> TimerHandle"},
     {"time", (PyCFunction)core_time, METH_NOARGS, "The loop's clock (time.monotonic())."},
+    {"get_debug", (PyCFunction)core_get_debug, METH_NOARGS, "True in debug mode."},
+    {"create_future", (PyCFunction)core_create_future, METH_NOARGS,
+     "A new asyncio.Future attached to this loop."},
     {"_timer_handle_cancelled", (PyCFunction)core_timer_handle_cancelled, METH_O, NULL},
     {"_add_callback", (PyCFunction)core_add_callback, METH_O, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))core_add_reader, METH_FASTCALL, NULL},
@@ -1134,14 +1153,17 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-/* aio_setup(Handle, TimerHandle): records asyncio's handle classes and their slot offsets.
+/* aio_setup(Handle, TimerHandle, Future): records asyncio's handle classes and their slot
+ * offsets, and the Future class create_future() makes.
  * Called once by broomio.asyncio at import. */
 PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     bro_state *st = PyModule_GetState(module);
-    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[1], (PyTypeObject *)args[0])) {
-        PyErr_SetString(PyExc_TypeError, "aio_setup(Handle, TimerHandle) expects two classes");
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], (PyTypeObject *)args[0]) ||
+        !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "aio_setup(Handle, TimerHandle, Future) expects three classes");
         return NULL;
     }
     Py_ssize_t off[OFF_COUNT];
@@ -1164,6 +1186,12 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
     memcpy(st->aio_off, off, sizeof(off));
     Py_XSETREF(st->aio_handle_type, Py_NewRef(args[0]));
     Py_XSETREF(st->aio_timer_type, Py_NewRef(args[1]));
+    Py_XSETREF(st->aio_future_type, Py_NewRef(args[2]));
+    if (st->aio_kw_loop == NULL) {
+        st->aio_kw_loop = Py_BuildValue("(s)", "loop");
+        if (st->aio_kw_loop == NULL)
+            return NULL;
+    }
     if (st->aio_str_debug_handle == NULL) {
         st->aio_str_debug_handle = PyUnicode_InternFromString("_broomio_debug_handle");
         st->aio_str_run_debug = PyUnicode_InternFromString("_broomio_run_debug");

@@ -27,7 +27,7 @@ from .. import _engine
 
 __all__ = ["EventLoop"]
 
-_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle)
+_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle, asyncio.Future)
 
 _SocketTransportBase: Any = _engine.aio_make_transport_type(
     asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
