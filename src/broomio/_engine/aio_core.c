@@ -587,8 +587,19 @@ static int fd_update(aio_core *c, int fd, aio_fd *s, uint32_t events)
     return 0;
 }
 
-static int cancel_handle(PyObject *h)
+/* handle.cancel().  A plain Handle outside debug mode is cancelled here, as Handle.cancel()
+ * does it (flag set, callback and arguments dropped); anything else runs its own cancel(). */
+static int cancel_handle(aio_core *c, PyObject *h)
 {
+    bro_state *st = c->st;
+    if (!c->debug && (PyObject *)Py_TYPE(h) == st->aio_handle_type) {
+        if (SLOT(h, st, OFF_CANCELLED) != Py_True) {
+            set_slot(h, st, OFF_CANCELLED, Py_True);
+            set_slot(h, st, OFF_CALLBACK, Py_None);
+            set_slot(h, st, OFF_ARGS, Py_None);
+        }
+        return 0;
+    }
     PyObject *r = PyObject_CallMethod(h, "cancel", NULL);
     if (r == NULL)
         return -1;
@@ -625,7 +636,7 @@ static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, in
     PyObject *old = *slot;
     *slot = Py_NewRef(h);
     if (old != NULL) {
-        int r = cancel_handle(old);
+        int r = cancel_handle(c, old);
         Py_DECREF(old);
         if (r < 0) {
             Py_DECREF(h);
@@ -661,7 +672,7 @@ static int remove_io(aio_core *c, int fd, int writer)
         PyErr_Clear(); /* asyncio's selector ignores a failing unregister/modify as well */
     if (old == NULL)
         return 0;
-    int r = cancel_handle(old);
+    int r = cancel_handle(c, old);
     Py_DECREF(old);
     return r < 0 ? -1 : 1;
 }
