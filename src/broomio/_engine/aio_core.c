@@ -607,24 +607,14 @@ static int cancel_handle(aio_core *c, PyObject *h)
     return 0;
 }
 
-static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, int writer)
+/* Registers callback(*args) for one direction of fd, replacing (and cancelling) what was
+ * there; returns the new handle. */
+static PyObject *add_io_handle(aio_core *c, int fd, int writer, PyObject *callback, PyObject *t)
 {
-    const char *fname = writer ? "_add_writer" : "_add_reader";
-    if (nargs < 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", fname);
-        return NULL;
-    }
     if (check_open(c) < 0)
         return NULL;
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0)
-        return NULL;
-    PyObject *t = tuple_from(args + 2, nargs - 2);
-    if (t == NULL)
-        return NULL;
-    PyObject *h = c->debug ? debug_handle(c, "io", args[1], t, NULL, NULL)
-                           : new_handle(c, args[1], t, NULL, NULL);
-    Py_DECREF(t);
+    PyObject *h = c->debug ? debug_handle(c, "io", callback, t, NULL, NULL)
+                           : new_handle(c, callback, t, NULL, NULL);
     if (h == NULL)
         return NULL;
     aio_fd *s = fd_slot(c, fd, 1);
@@ -643,6 +633,36 @@ static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, in
             return NULL;
         }
     }
+    return h;
+}
+
+static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, int writer)
+{
+    const char *fname = writer ? "_add_writer" : "_add_reader";
+    if (nargs < 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", fname);
+        return NULL;
+    }
+    if (check_open(c) < 0)
+        return NULL;
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    PyObject *t = tuple_from(args + 2, nargs - 2);
+    if (t == NULL)
+        return NULL;
+    PyObject *h = add_io_handle(c, fd, writer, args[1], t);
+    Py_DECREF(t);
+    return h;
+}
+
+PyObject *bro_aio_add_io(PyObject *loop, int fd, int writer, PyObject *callback)
+{
+    PyObject *t = PyTuple_New(0);
+    if (t == NULL)
+        return NULL;
+    PyObject *h = add_io_handle((aio_core *)loop, fd, writer, callback, t);
+    Py_DECREF(t);
     return h;
 }
 
@@ -675,6 +695,20 @@ static int remove_io(aio_core *c, int fd, int writer)
     int r = cancel_handle(c, old);
     Py_DECREF(old);
     return r < 0 ? -1 : 1;
+}
+
+int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle)
+{
+    aio_core *c = (aio_core *)loop;
+    aio_fd *s = fd_slot(c, fd, 0);
+    if (s == NULL || (writer ? s->writer : s->reader) != handle)
+        return 0;
+    return remove_io(c, fd, writer) < 0 ? -1 : 0;
+}
+
+static PyObject *core_sock_wait(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    return bro_aio_sock_wait((PyObject *)c, c->st, args, nargs);
 }
 
 static PyObject *remove_io_py(aio_core *c, PyObject *fdobj, int writer)
@@ -1072,6 +1106,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_reader", (PyCFunction)core_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_key", (PyCFunction)core_fd_key, METH_O, NULL},
+    {"_sock_wait", (PyCFunction)(void (*)(void))core_sock_wait, METH_FASTCALL, NULL},
     {"_fd_list", (PyCFunction)core_fd_list, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)core_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)core_run_until_stopped, METH_NOARGS, NULL},
@@ -1216,5 +1251,7 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
 
 int bro_aio_init_types(PyObject *module, bro_state *st)
 {
+    if (bro_aio_sock_init_types(module, st) < 0)
+        return -1;
     return bro_module_add_type(module, &core_spec, NULL, &st->aio_core_type);
 }

@@ -192,6 +192,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->conflict_type);
     Py_VISIT(st->stream_type);
     Py_VISIT(st->aio_core_type);
+    Py_VISIT(st->aio_sock_waiter_type);
     Py_VISIT(st->aio_handle_type);
     Py_VISIT(st->aio_timer_type);
     Py_VISIT(st->aio_future_type);
@@ -227,6 +228,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->conflict_type);
     Py_CLEAR(st->stream_type);
     Py_CLEAR(st->aio_core_type);
+    Py_CLEAR(st->aio_sock_waiter_type);
     Py_CLEAR(st->aio_handle_type);
     Py_CLEAR(st->aio_timer_type);
     Py_CLEAR(st->aio_future_type);

@@ -40,6 +40,7 @@ typedef struct {
     PyTypeObject *conflict_type;
     PyTypeObject *stream_type;
     PyTypeObject *aio_core_type;
+    PyTypeObject *aio_sock_waiter_type;
 
     /* broomio.asyncio (aio_core.c): asyncio's Handle and TimerHandle classes, set by
      * aio_setup(), and the offsets of their __slots__. */
