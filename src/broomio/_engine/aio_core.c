@@ -706,6 +706,13 @@ int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle)
     return remove_io(c, fd, writer) < 0 ? -1 : 0;
 }
 
+static PyObject *core_sock_call(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_setup(c->st) < 0)
+        return NULL;
+    return bro_aio_sock_call((PyObject *)c, c->st, args, nargs);
+}
+
 static PyObject *core_sock_wait(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     return bro_aio_sock_wait((PyObject *)c, c->st, args, nargs);
@@ -1107,6 +1114,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_key", (PyCFunction)core_fd_key, METH_O, NULL},
     {"_sock_wait", (PyCFunction)(void (*)(void))core_sock_wait, METH_FASTCALL, NULL},
+    {"_sock_call", (PyCFunction)(void (*)(void))core_sock_call, METH_FASTCALL, NULL},
     {"_fd_list", (PyCFunction)core_fd_list, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)core_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)core_run_until_stopped, METH_NOARGS, NULL},
