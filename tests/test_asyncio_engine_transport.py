@@ -286,3 +286,25 @@ def test_pause_resume_reading() -> None:
         return log
 
     assert both(main) == [("reading", False), b"held"]
+
+
+def test_transport_protocol_cycle_is_collected() -> None:
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[Any]] = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport  # a cycle through the transport's C _protocol member
+
+    async def main() -> None:
+        tr, pr, b = await pair(P)
+        refs.extend([weakref.ref(tr), weakref.ref(pr)])
+        tr.close()
+        b.close()
+        await asyncio.sleep(0.01)
+
+    bra.run(main())
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
