@@ -534,3 +534,18 @@ def test_sock_ops_on_closed_socket_and_bad_data() -> None:
         return out
 
     assert both(main) == ["OSError", "OSError", "OSError", "TypeError"]
+
+
+def test_sock_zero_sizes_return_at_once() -> None:
+    async def main() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        res = (await loop.sock_recv(a, 0), await loop.sock_recv_into(a, bytearray(0)),
+               await loop.sock_sendall(b, b""))
+        a.close()
+        b.close()
+        return res
+
+    assert both(main) == (b"", 0, None)

@@ -318,6 +318,12 @@ done:
  * NULL without one when it would block (sendall: *sent is how far it got). */
 static PyObject *try_now(int fd, int op, Py_ssize_t n, Py_buffer *view, Py_ssize_t *sent)
 {
+    /* Like socket.recv / recv_into, asking for nothing returns at once without a syscall
+     * (recv(2) of 0 bytes would report EAGAIN on an empty socket). */
+    if (op == OP_RECV && n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (op == OP_RECV_INTO && view->len == 0)
+        return PyLong_FromLong(0);
     if (op == OP_RECV) {
         PyObject *buf = PyBytes_FromStringAndSize(NULL, n);
         if (buf == NULL)
