@@ -392,8 +392,13 @@ static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *con
     if (buffer == NULL)
         return NULL;
     if (!PyByteArray_CheckExact(buffer)) {
-        PyErr_SetString(PyExc_TypeError, "transport _buffer must be a bytearray");
-        return NULL;
+        /* Not the bytearray of asyncio 3.11 (3.12 queues a deque): asyncio's own method. */
+        PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE_READY]);
+        if (m == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(m, self);
+        Py_DECREF(m);
+        return r;
     }
     Py_INCREF(buffer);
     PyObject *result = NULL;
