@@ -506,3 +506,22 @@ def test_create_task_variants() -> None:
 
     res = both(scenario)
     assert res[0] == (True, "first", True) and res[-1] == 8 and res[-3] == "scenario"
+
+
+def test_sigint_while_blocked_in_poll(any_loop: asyncio.AbstractEventLoop) -> None:
+    import os
+    import signal
+
+    def later() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    th = threading.Thread(target=later)
+    any_loop.call_later(5, any_loop.stop)  # the loop sleeps in the poller meanwhile
+    th.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            any_loop.run_forever()
+    finally:
+        th.join()
+    assert not any_loop.is_running()
