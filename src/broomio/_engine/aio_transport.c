@@ -13,6 +13,11 @@
  *                recv() into it, then buffer_updated().
  *   write        when nothing is queued, send() at once; only the unsent tail goes to the
  *                buffer (and the writer callback is armed), as asyncio does.
+ *   _write_ready the writer callback: one send() of the whole queued bytearray (asyncio
+ *                3.11 queues into one bytearray, so this is what writev would do), then the
+ *                same bookkeeping as asyncio's (resume the protocol, finish a close or a
+ *                write_eof once the buffer is empty, fatal error on a failed send).
+ *   is_closing   asked by every StreamWriter.drain().
  *
  * State stays in the instance's attributes (_buffer, _conn_lost, _eof, ...), which the
  * inherited Python methods read and write; so the C code reads them through getattr too.
