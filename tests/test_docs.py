@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "index.md",
-        ROOT / "docs" / "migrating.md", ROOT / "README.md", ROOT / "docs" / "debugging.md"]
+        ROOT / "docs" / "migrating.md", ROOT / "README.md", ROOT / "docs" / "debugging.md",
+        ROOT / "docs" / "asyncio.md"]
 
 BLOCK = re.compile(
     r"^```python\n(?P<code>.*?)^```\n"                       # a runnable program

@@ -76,6 +76,10 @@ static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *a
 
 static PyMethodDef module_functions[] = {
     {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
+    {"aio_setup", (PyCFunction)(void (*)(void))bro_mod_aio_setup, METH_FASTCALL,
+     "aio_setup(Handle, TimerHandle, Future, Task): asyncio's classes, for broomio.asyncio."},
+    {"aio_make_transport_type", (PyCFunction)bro_mod_aio_make_transport_type, METH_O,
+     "aio_make_transport_type(base): broomio.asyncio's C-accelerated socket transport class."},
     {"sleep", bro_mod_sleep, METH_O,
      "sleep(seconds)\n--\n\nAwaitable: sleep; 0 is a checkpoint that lets other tasks run."},
     {"sleep_until", bro_mod_sleep_until, METH_O,
@@ -163,7 +167,7 @@ static int module_exec(PyObject *module)
         bro_scope_init_types(module, st) < 0 || bro_nursery_init_types(module, st) < 0 ||
         bro_lot_init_types(module, st) < 0 || bro_syncprims_init_types(module, st) < 0 ||
         bro_loop_init_types(module, st) < 0 || bro_sock_init_types(module, st) < 0 ||
-        bro_stream_init_types(module, st) < 0)
+        bro_stream_init_types(module, st) < 0 || bro_aio_init_types(module, st) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "BUDGET", BRO_BUDGET) < 0)
         return -1;
@@ -189,6 +193,14 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->queue_type);
     Py_VISIT(st->conflict_type);
     Py_VISIT(st->stream_type);
+    Py_VISIT(st->aio_core_type);
+    Py_VISIT(st->aio_sock_waiter_type);
+    Py_VISIT(st->aio_handle_type);
+    Py_VISIT(st->aio_timer_type);
+    Py_VISIT(st->aio_future_type);
+    Py_VISIT(st->aio_task_type);
+    for (int i = 0; i < BRO_AIO_TR_STRS; i++)
+        Py_VISIT(st->aio_tr_str[i]);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -219,6 +231,22 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->queue_type);
     Py_CLEAR(st->conflict_type);
     Py_CLEAR(st->stream_type);
+    Py_CLEAR(st->aio_core_type);
+    Py_CLEAR(st->aio_sock_waiter_type);
+    Py_CLEAR(st->aio_handle_type);
+    Py_CLEAR(st->aio_timer_type);
+    Py_CLEAR(st->aio_future_type);
+    Py_CLEAR(st->aio_kw_loop);
+    Py_CLEAR(st->aio_task_type);
+    Py_CLEAR(st->aio_kw_task);
+    Py_CLEAR(st->aio_str_task_factory);
+    Py_CLEAR(st->aio_str_py_create_task);
+    Py_CLEAR(st->aio_str_debug_handle);
+    Py_CLEAR(st->aio_str_run_debug);
+    Py_CLEAR(st->aio_str_callback_error);
+    Py_CLEAR(st->aio_str_context);
+    for (int i = 0; i < BRO_AIO_TR_STRS; i++)
+        Py_CLEAR(st->aio_tr_str[i]);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

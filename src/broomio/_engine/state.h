@@ -40,6 +40,28 @@ typedef struct {
     PyTypeObject *queue_type;
     PyTypeObject *conflict_type;
     PyTypeObject *stream_type;
+    PyTypeObject *aio_core_type;
+    PyTypeObject *aio_sock_waiter_type;
+
+    /* broomio.asyncio (aio_core.c): asyncio's Handle and TimerHandle classes, set by
+     * aio_setup(), and the offsets of their __slots__. */
+    PyObject *aio_handle_type;
+    PyObject *aio_timer_type;
+    PyObject *aio_future_type;
+    PyObject *aio_task_type;
+    PyObject *aio_kw_task; /* ("loop", "name", "context") */
+    PyObject *aio_str_task_factory;
+    PyObject *aio_str_py_create_task;
+    PyObject *aio_kw_loop; /* ("loop",): create_future()'s keyword names */
+    Py_ssize_t aio_off[9];
+    PyObject *aio_str_debug_handle;
+    PyObject *aio_str_run_debug;
+    PyObject *aio_str_callback_error;
+    PyObject *aio_str_context;
+    /* Attribute names used by the socket transport's C methods (aio_transport.c). */
+#define BRO_AIO_TR_STRS 14
+    PyObject *aio_tr_str[BRO_AIO_TR_STRS];
+    Py_ssize_t aio_tr_off; /* where the transport's C fields start */
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -82,6 +104,9 @@ int bro_lot_init_types(PyObject *module, bro_state *st);
 int bro_sock_init_types(PyObject *module, bro_state *st);
 int bro_syncprims_init_types(PyObject *module, bro_state *st);
 int bro_stream_init_types(PyObject *module, bro_state *st);
+int bro_aio_init_types(PyObject *module, bro_state *st);
+PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base);
 
 /* sock.c: SocketStream's hot operations in stream mode (OSError -> BrokenResourceError).
  * sock must be a SocketCore and size positive; stream.c checks both. */

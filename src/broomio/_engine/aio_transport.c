@@ -1,0 +1,538 @@
+/*
+ * aio_transport.c -- the hot paths of broomio.asyncio's TCP and Unix socket transport.
+ *
+ * The transport class is built at run time (aio_make_transport_type) as a C subclass of
+ * asyncio's own _SelectorSocketTransport.  Everything that is not per-message -- the
+ * constructor, close/abort/connection_lost ordering, write_eof, flow-control bookkeeping,
+ * pause/resume_reading, sendfile support, repr -- is inherited unchanged, so the transport
+ * behaves as asyncio's by construction.  This file replaces the two calls every message
+ * goes through:
+ *
+ *   _read_ready  recv() straight into the loop's scratch buffer and one exact-size bytes
+ *                copy for data_received(); for a BufferedProtocol, get_buffer() and
+ *                recv() into it, then buffer_updated().
+ *   write        when nothing is queued, send() at once; only the unsent tail goes to the
+ *                buffer (and the writer callback is armed), as asyncio does.
+ *   _write_ready the writer callback: one send() of the whole queued bytearray (asyncio
+ *                3.11 queues into one bytearray, so this is what writev would do), then the
+ *                same bookkeeping as asyncio's (resume the protocol, finish a close or a
+ *                write_eof once the buffer is empty, fatal error on a failed send).
+ *   is_closing   asked by every StreamWriter.drain().
+ *
+ * State stays in the instance's attributes (_buffer, _conn_lost, _eof, ...), which the
+ * inherited Python methods read and write; so the C code reads them through getattr too.
+ * Anything unusual (a lost connection, a loop that is not a broomio loop) falls back to the
+ * inherited Python method, which is the reference behaviour.
+ */
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "aio.h"
+#include "structmember.h"
+
+/* asyncio's _SelectorTransport.max_size: the most one recv() asks for. */
+#define SCRATCH_SIZE (256 * 1024)
+
+/* The hot attributes live in C, after the Python base's layout, as member descriptors: the
+ * inherited Python methods read and write them as ordinary attributes, and the C methods
+ * read them without a dictionary lookup.  Their offset is known only at run time (it
+ * depends on the base's size), so it is kept in the module state. */
+typedef struct {
+    PyObject *protocol;
+    PyObject *loop;
+    PyObject *buffer;
+    PyObject *empty_waiter;
+    Py_ssize_t conn_lost;
+    int sock_fd;
+    char eof;
+    char buffered;
+    char closing;
+} tr_fields;
+
+static inline tr_fields *F(PyObject *self, bro_state *st)
+{
+    return (tr_fields *)((char *)self + st->aio_tr_off);
+}
+
+enum {
+    S_DATA_RECEIVED,
+    S_GET_BUFFER,
+    S_BUFFER_UPDATED,
+    S_FATAL_ERROR,
+    S_ON_EOF,
+    S_ADD_WRITER,
+    S_WRITE_READY,
+    S_MAYBE_PAUSE,
+    S_WRITE,
+    S_REMOVE_WRITER,
+    S_MAYBE_RESUME,
+    S_CALL_CONN_LOST,
+    S_SET_RESULT,
+    S_SET_EXCEPTION,
+    S_COUNT
+};
+_Static_assert(S_COUNT == BRO_AIO_TR_STRS, "state.h's BRO_AIO_TR_STRS is out of date");
+static const char *const str_names[S_COUNT] = {
+    "data_received", "get_buffer",    "buffer_updated",        "_fatal_error", "_read_ready__on_eof",
+    "_add_writer",   "_write_ready",  "_maybe_pause_protocol", "write",
+    "_remove_writer", "_maybe_resume_protocol", "_call_connection_lost", "set_result",
+    "set_exception"};
+
+
+
+/* Calls self.<name>(*args) and drops the result; -1 on error. */
+static int call_method(PyObject *self, PyObject *name, PyObject *a, PyObject *b)
+{
+    PyObject *args[3] = {self, a, b};
+    size_t n = 1 + (a != NULL) + (b != NULL);
+    PyObject *r = PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The current exception, normalized, with its traceback attached; clears it. */
+static PyObject *take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* An exception from a protocol callback or the socket: SystemExit and KeyboardInterrupt
+ * leave the loop; anything else goes to self._fatal_error(exc, message). */
+static PyObject *fatal(PyObject *self, PyObject **s, const char *message)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return NULL;
+    PyObject *exc = take_exception();
+    if (exc == NULL)
+        Py_RETURN_NONE;
+    PyObject *msg = PyUnicode_FromString(message);
+    if (msg == NULL) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    int r = call_method(self, s[S_FATAL_ERROR], exc, msg);
+    Py_DECREF(exc);
+    Py_DECREF(msg);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *read_buffered(PyObject *self, PyObject **s, int fd, PyObject *protocol)
+{
+    PyObject *args[2] = {protocol, NULL};
+    PyObject *hint = PyLong_FromLong(-1);
+    if (hint == NULL)
+        return NULL;
+    args[1] = hint;
+    PyObject *buf = PyObject_VectorcallMethod(s[S_GET_BUFFER], args,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(hint);
+    if (buf == NULL)
+        return fatal(self, s, "Fatal error: protocol.get_buffer() call failed.");
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(buf);
+        return fatal(self, s, "Fatal error: protocol.get_buffer() call failed.");
+    }
+    if (view.len == 0) {
+        PyBuffer_Release(&view);
+        Py_DECREF(buf);
+        PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+        return fatal(self, s, "Fatal error: protocol.get_buffer() call failed.");
+    }
+    ssize_t n = recv(fd, view.buf, (size_t)view.len, 0);
+    int err = errno;
+    PyBuffer_Release(&view);
+    Py_DECREF(buf);
+    if (n < 0) {
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+            Py_RETURN_NONE;
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return fatal(self, s, "Fatal read error on socket transport");
+    }
+    if (n == 0) {
+        if (call_method(self, s[S_ON_EOF], NULL, NULL) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *nb = PyLong_FromSsize_t(n);
+    if (nb == NULL)
+        return NULL;
+    args[1] = nb;
+    PyObject *r = PyObject_VectorcallMethod(s[S_BUFFER_UPDATED], args,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(nb);
+    if (r == NULL)
+        return fatal(self, s, "Fatal error: protocol.buffer_updated() call failed.");
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* A member that must be set (T_OBJECT_EX semantics): AttributeError if it is not. */
+static PyObject *need(PyObject *v, const char *name)
+{
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "transport has no attribute '%s'", name);
+    return v;
+}
+
+/* _read_ready(): the reader callback. */
+static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "_read_ready() takes no arguments");
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->conn_lost)
+        Py_RETURN_NONE;
+    PyObject *protocol = need(f->protocol, "_protocol");
+    PyObject *loop = need(f->loop, "_loop");
+    if (protocol == NULL || loop == NULL)
+        return NULL;
+    Py_INCREF(protocol);
+    PyObject *result = NULL;
+    if (f->buffered) {
+        result = read_buffered(self, s, f->sock_fd, protocol);
+        goto done;
+    }
+    char *scratch = bro_aio_scratch(st, loop, SCRATCH_SIZE);
+    if (scratch == NULL)
+        goto done;
+    ssize_t n = recv(f->sock_fd, scratch, SCRATCH_SIZE, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        result = fatal(self, s, "Fatal read error on socket transport");
+        goto done;
+    }
+    if (n == 0) {
+        if (call_method(self, s[S_ON_EOF], NULL, NULL) == 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(scratch, n);
+    if (data == NULL)
+        goto done;
+    PyObject *args[2] = {protocol, data};
+    PyObject *r = PyObject_VectorcallMethod(s[S_DATA_RECEIVED], args,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(data);
+    if (r == NULL) {
+        result = fatal(self, s, "Fatal error: protocol.data_received() call failed.");
+        goto done;
+    }
+    Py_DECREF(r);
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(protocol);
+    return result;
+}
+
+/* The inherited Python write(): the reference path for every unusual case. */
+static PyObject *write_fallback(PyObject *self, PyTypeObject *cls, PyObject **s, PyObject *data)
+{
+    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE]);
+    if (m == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallFunctionObjArgs(m, self, data, NULL);
+    Py_DECREF(m);
+    return r;
+}
+
+static int append_bytes(PyObject *buffer, const char *p, Py_ssize_t n)
+{
+    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
+    if (PyByteArray_Resize(buffer, old + n) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(buffer) + old, p, (size_t)n);
+    return 0;
+}
+
+/* Arms loop._add_writer(fd, self._write_ready): the socket is full. */
+static int arm_writer(PyObject *self, PyObject **s, tr_fields *f)
+{
+    PyObject *loop = need(f->loop, "_loop");
+    if (loop == NULL)
+        return -1;
+    Py_INCREF(loop);
+    PyObject *cb = PyObject_GetAttr(self, s[S_WRITE_READY]);
+    PyObject *fdo = PyLong_FromLong(f->sock_fd);
+    int r = -1;
+    if (cb != NULL && fdo != NULL) {
+        PyObject *a[3] = {loop, fdo, cb};
+        PyObject *h = PyObject_VectorcallMethod(s[S_ADD_WRITER], a,
+                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (h != NULL) {
+            Py_DECREF(h);
+            r = 0;
+        }
+    }
+    Py_XDECREF(cb);
+    Py_XDECREF(fdo);
+    Py_DECREF(loop);
+    return r;
+}
+
+/* write(data) */
+static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "write() takes exactly one argument");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
+        PyErr_Format(PyExc_TypeError,
+                     "data argument must be a bytes-like object, not '%.200s'",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->eof) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+        return NULL;
+    }
+    if (f->empty_waiter != NULL && f->empty_waiter != Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+        return NULL;
+    }
+    PyObject *buffer = f->buffer;
+    if (f->conn_lost || buffer == NULL || !PyByteArray_CheckExact(buffer))
+        return write_fallback(self, cls, s, data);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return write_fallback(self, cls, s, data); /* non-contiguous memoryview */
+    }
+    Py_INCREF(buffer);
+    PyObject *result = NULL;
+    const char *p = view.buf;
+    Py_ssize_t len = view.len;
+    if (len == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (PyByteArray_GET_SIZE(buffer) == 0) {
+        ssize_t n = send(f->sock_fd, p, (size_t)len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                result = fatal(self, s, "Fatal write error on socket transport");
+                goto done;
+            }
+            n = 0;
+        }
+        if (n == len) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        p += n;
+        len -= n;
+        /* Not all of it went: the writer callback sends the rest when the socket drains. */
+        if (arm_writer(self, s, f) < 0)
+            goto done;
+    }
+    if (append_bytes(buffer, p, len) < 0)
+        goto done;
+    if (call_method(self, s[S_MAYBE_PAUSE], NULL, NULL) < 0)
+        goto done;
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    Py_DECREF(buffer);
+    return result;
+}
+
+/* loop._remove_writer(fd) */
+static int remove_writer(PyObject **s, tr_fields *f)
+{
+    PyObject *loop = need(f->loop, "_loop");
+    if (loop == NULL)
+        return -1;
+    PyObject *fdo = PyLong_FromLong(f->sock_fd);
+    if (fdo == NULL)
+        return -1;
+    Py_INCREF(loop);
+    int r = call_method(loop, s[S_REMOVE_WRITER], fdo, NULL);
+    Py_DECREF(loop);
+    Py_DECREF(fdo);
+    return r;
+}
+
+/* _write_ready(): the writer callback -- sends what is queued, as asyncio's does. */
+static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "_write_ready() takes no arguments");
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->conn_lost)
+        Py_RETURN_NONE;
+    PyObject *buffer = need(f->buffer, "_buffer");
+    if (buffer == NULL)
+        return NULL;
+    if (!PyByteArray_CheckExact(buffer)) {
+        /* Not the bytearray of asyncio 3.11 (3.12 queues a deque): asyncio's own method. */
+        PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE_READY]);
+        if (m == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(m, self);
+        Py_DECREF(m);
+        return r;
+    }
+    Py_INCREF(buffer);
+    PyObject *result = NULL;
+    ssize_t n = send(f->sock_fd, PyByteArray_AS_STRING(buffer),
+                     (size_t)PyByteArray_GET_SIZE(buffer), MSG_NOSIGNAL);
+    if (n < 0 && !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *exc = take_exception();
+        if (exc == NULL)
+            goto done;
+        PyObject *msg = NULL;
+        if (remove_writer(s, f) == 0 && PyByteArray_Resize(buffer, 0) == 0 &&
+            (msg = PyUnicode_FromString("Fatal write error on socket transport")) != NULL &&
+            call_method(self, s[S_FATAL_ERROR], exc, msg) == 0) {
+            PyObject *w = f->empty_waiter;
+            if (w == NULL || w == Py_None || call_method(Py_NewRef(w), s[S_SET_EXCEPTION], exc, NULL) == 0)
+                result = Py_NewRef(Py_None);
+            if (w != NULL && w != Py_None)
+                Py_DECREF(w);
+        }
+        Py_XDECREF(msg);
+        Py_DECREF(exc);
+        goto done;
+    }
+    if (n > 0 && PySequence_DelSlice(buffer, 0, n) < 0)
+        goto done;
+    if (call_method(self, s[S_MAYBE_RESUME], NULL, NULL) < 0) /* may append to the buffer */
+        goto done;
+    if (PyByteArray_GET_SIZE(buffer) == 0) {
+        if (remove_writer(s, f) < 0)
+            goto done;
+        PyObject *w = f->empty_waiter;
+        if (w != NULL && w != Py_None) {
+            Py_INCREF(w);
+            int r = call_method(w, s[S_SET_RESULT], Py_None, NULL);
+            Py_DECREF(w);
+            if (r < 0)
+                goto done;
+        }
+        if (f->closing) {
+            if (call_method(self, s[S_CALL_CONN_LOST], Py_None, NULL) < 0)
+                goto done;
+        } else if (f->eof && shutdown(f->sock_fd, SHUT_WR) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(buffer);
+    return result;
+}
+
+/* is_closing(): asyncio's streams ask it on every drain(). */
+static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "is_closing() takes no arguments");
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    return PyBool_FromLong(F(self, st)->closing);
+}
+
+static PyMethodDef tr_methods[] = {
+    {"_write_ready", (PyCFunction)(void (*)(void))tr_write_ready,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "The writer callback (C)."},
+    {"is_closing", (PyCFunction)(void (*)(void))tr_is_closing,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "True if the transport is closing or closed."},
+    {"_read_ready", (PyCFunction)(void (*)(void))tr_read_ready,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "The reader callback (C)."},
+    {"write", (PyCFunction)(void (*)(void))tr_write, METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "write(data): send now if nothing is queued, else queue (C)."},
+    {NULL},
+};
+
+/* aio_make_transport_type(base): the C-accelerated subclass of asyncio's socket transport.
+ * The layout extends the base's, so the spec is filled in here (on the stack: the type
+ * object keeps copies of what it needs). */
+PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
+{
+    if (!PyType_Check(base)) {
+        PyErr_SetString(PyExc_TypeError, "aio_make_transport_type() expects a class");
+        return NULL;
+    }
+    bro_state *st = PyModule_GetState(module);
+    for (int i = 0; i < S_COUNT; i++) {
+        if (st->aio_tr_str[i] == NULL) {
+            st->aio_tr_str[i] = PyUnicode_InternFromString(str_names[i]);
+            if (st->aio_tr_str[i] == NULL)
+                return NULL;
+        }
+    }
+    Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
+    off = (off + (Py_ssize_t)_Alignof(tr_fields) - 1) & ~((Py_ssize_t)_Alignof(tr_fields) - 1);
+    if (st->aio_tr_off != 0 && st->aio_tr_off != off) {
+        PyErr_SetString(PyExc_RuntimeError, "aio_make_transport_type(): layout changed");
+        return NULL;
+    }
+#define M(name, type, field) {name, type, off + (Py_ssize_t)offsetof(tr_fields, field), 0, NULL}
+    PyMemberDef members[] = {
+        M("_protocol", T_OBJECT_EX, protocol),
+        M("_loop", T_OBJECT_EX, loop),
+        M("_buffer", T_OBJECT_EX, buffer),
+        M("_empty_waiter", T_OBJECT_EX, empty_waiter),
+        M("_conn_lost", T_PYSSIZET, conn_lost),
+        M("_sock_fd", T_INT, sock_fd),
+        M("_eof", T_BOOL, eof),
+        M("_broomio_buffered", T_BOOL, buffered),
+        M("_closing", T_BOOL, closing),
+        {NULL},
+    };
+#undef M
+    PyType_Slot slots[] = {
+        {Py_tp_methods, tr_methods},
+        {Py_tp_members, members},
+        {Py_tp_doc, "asyncio's socket transport with its per-message paths in C."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "broomio._engine.AioSocketTransport",
+        .basicsize = (int)(off + (Py_ssize_t)sizeof(tr_fields)),
+        /* No Py_TPFLAGS_HAVE_GC here: the type inherits the flag and the traversal from its
+         * Python base; that traversal also visits the object members above, as it does a
+         * class's __slots__. */
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = slots,
+    };
+    st->aio_tr_off = off;
+    return PyType_FromModuleAndSpec(module, &spec, base);
+}
