@@ -76,6 +76,8 @@ static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *a
 
 static PyMethodDef module_functions[] = {
     {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
+    {"aio_setup", (PyCFunction)(void (*)(void))bro_mod_aio_setup, METH_FASTCALL,
+     "aio_setup(Handle, TimerHandle): asyncio's handle classes, for broomio.asyncio."},
     {"sleep", bro_mod_sleep, METH_O,
      "sleep(seconds)\n--\n\nAwaitable: sleep; 0 is a checkpoint that lets other tasks run."},
     {"sleep_until", bro_mod_sleep_until, METH_O,
@@ -162,7 +164,7 @@ static int module_exec(PyObject *module)
         bro_scope_init_types(module, st) < 0 || bro_nursery_init_types(module, st) < 0 ||
         bro_lot_init_types(module, st) < 0 || bro_syncprims_init_types(module, st) < 0 ||
         bro_loop_init_types(module, st) < 0 || bro_sock_init_types(module, st) < 0 ||
-        bro_stream_init_types(module, st) < 0)
+        bro_stream_init_types(module, st) < 0 || bro_aio_init_types(module, st) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "BUDGET", BRO_BUDGET) < 0)
         return -1;
@@ -187,6 +189,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->queue_type);
     Py_VISIT(st->conflict_type);
     Py_VISIT(st->stream_type);
+    Py_VISIT(st->aio_core_type);
+    Py_VISIT(st->aio_handle_type);
+    Py_VISIT(st->aio_timer_type);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -216,6 +221,12 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->queue_type);
     Py_CLEAR(st->conflict_type);
     Py_CLEAR(st->stream_type);
+    Py_CLEAR(st->aio_core_type);
+    Py_CLEAR(st->aio_handle_type);
+    Py_CLEAR(st->aio_timer_type);
+    Py_CLEAR(st->aio_str_debug_handle);
+    Py_CLEAR(st->aio_str_run_debug);
+    Py_CLEAR(st->aio_str_callback_error);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

@@ -39,6 +39,16 @@ typedef struct {
     PyTypeObject *queue_type;
     PyTypeObject *conflict_type;
     PyTypeObject *stream_type;
+    PyTypeObject *aio_core_type;
+
+    /* broomio.asyncio (aio_core.c): asyncio's Handle and TimerHandle classes, set by
+     * aio_setup(), and the offsets of their __slots__. */
+    PyObject *aio_handle_type;
+    PyObject *aio_timer_type;
+    Py_ssize_t aio_off[9];
+    PyObject *aio_str_debug_handle;
+    PyObject *aio_str_run_debug;
+    PyObject *aio_str_callback_error;
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -81,6 +91,8 @@ int bro_lot_init_types(PyObject *module, bro_state *st);
 int bro_sock_init_types(PyObject *module, bro_state *st);
 int bro_syncprims_init_types(PyObject *module, bro_state *st);
 int bro_stream_init_types(PyObject *module, bro_state *st);
+int bro_aio_init_types(PyObject *module, bro_state *st);
+PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* sock.c: SocketStream's hot operations in stream mode (OSError -> BrokenResourceError).
  * sock must be a SocketCore and size positive; stream.c checks both. */
