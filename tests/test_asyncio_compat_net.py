@@ -1066,3 +1066,81 @@ def test_streams_drain_applies_backpressure(aio_loop):
         assert run(aio_loop, main()) is True
     finally:
         b.close()
+
+
+# ---------------------------------------------------------------------------
+# pipes: connect_read_pipe / connect_write_pipe
+
+
+def test_connect_read_pipe(aio_loop):
+    rfd, wfd = os.pipe()
+    rfile = os.fdopen(rfd, "rb", buffering=0)
+
+    async def main():
+        tr, proto = await aio_loop.connect_read_pipe(lambda: Recorder(aio_loop), rfile)
+        assert tr.get_extra_info("pipe") is rfile
+        os.write(wfd, b"through the pipe")
+        got = await _collect(proto, 16)
+        os.close(wfd)
+        await proto.done
+        return got, proto.events
+
+    got, events = run(aio_loop, main())
+    assert got == b"through the pipe"
+    assert events == ["made", "data", "eof", ("lost", None)]
+    assert rfile.closed
+
+
+def test_connect_write_pipe_and_flow_control(aio_loop):
+    rfd, wfd = os.pipe()
+    wfile = os.fdopen(wfd, "wb", buffering=0)
+
+    class Writer(asyncio.Protocol):
+        def __init__(self):
+            self.events = []
+            self.done = aio_loop.create_future()
+
+        def pause_writing(self):
+            self.events.append("pause")
+
+        def resume_writing(self):
+            self.events.append("resume")
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        tr, proto = await aio_loop.connect_write_pipe(Writer, wfile)
+        assert isinstance(tr, asyncio.WriteTransport)
+        tr.set_write_buffer_limits(high=16 * 1024)
+        payload = os.urandom(1 << 20)
+        tr.write(payload)
+        assert proto.events == ["pause"]
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = await aio_loop.run_in_executor(None, os.read, rfd, 1 << 20)
+            got += chunk
+        while "resume" not in proto.events:
+            await asyncio.sleep(0.001)
+        tr.close()
+        await proto.done
+        return bytes(got) == payload, proto.events
+
+    try:
+        assert run(aio_loop, main()) == (True, ["pause", "resume"])
+    finally:
+        os.close(rfd)
+
+
+def test_write_pipe_reader_closed_reports_lost(aio_loop):
+    rfd, wfd = os.pipe()
+    wfile = os.fdopen(wfd, "wb", buffering=0)
+
+    async def main():
+        tr, proto = await aio_loop.connect_write_pipe(lambda: Recorder(aio_loop), wfile)
+        os.close(rfd)  # the reading end goes away: the write pipe sees EPOLLERR/EPOLLHUP
+        exc = await proto.done
+        tr.close()
+        return exc
+
+    assert run(aio_loop, main()) is None  # nothing was buffered: a clean close
