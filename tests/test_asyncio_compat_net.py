@@ -89,7 +89,10 @@ def test_create_server_and_connection_echo(aio_loop):
                                                      "127.0.0.1", port)
         assert isinstance(tr, asyncio.Transport)
         assert tr.get_extra_info("peername") == ("127.0.0.1", port)
-        assert isinstance(tr.get_extra_info("socket"), (socket.socket, object))
+        sock = tr.get_extra_info("socket")
+        assert sock.fileno() >= 0
+        assert sock.getsockname() == tr.get_extra_info("sockname")
+        assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
         assert tr.get_extra_info("sockname")[0] == "127.0.0.1"
         assert tr.get_extra_info("nonexistent", "dflt") == "dflt"
         assert not tr.is_closing()

@@ -1,0 +1,295 @@
+"""asyncio compatibility, the corners a reimplemented loop core gets wrong first: ordering of
+due timers against ready callbacks, cancellation inside an iteration, signals while the loop
+sleeps, cross-thread submission, destructors and leaks.  Each test runs on stock asyncio (the
+oracle) and on broomio.asyncio (see tests/_aio_support.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from _aio_support import (  # noqa: F401
+    aio_loop,
+    broomio_xfail,
+    loop_factory,
+    loop_name,
+    nonblocking_pair,
+    run,
+)
+
+
+def test_due_timer_runs_after_already_ready_callbacks(aio_loop):
+    log = []
+    aio_loop.call_later(0, log.append, "timer0")
+    aio_loop.call_soon(log.append, "soon")
+    aio_loop.call_later(-5, log.append, "timer-past")
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    # First iteration: the ready queue [soon, stop] runs; the due timers are appended after it.
+    assert log == ["soon", "timer-past", "timer0"]
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    assert log == ["soon", "timer-past", "timer0"]
+
+
+def test_handle_cancelled_by_earlier_callback_of_same_iteration(aio_loop):
+    log = []
+    handles = {}
+    aio_loop.call_soon(lambda: handles["b"].cancel())
+    handles["b"] = aio_loop.call_soon(log.append, "b")
+    aio_loop.call_soon(log.append, "c")
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    assert log == ["c"]
+
+
+def test_due_timer_cancelled_by_sibling_timer(aio_loop):
+    log = []
+    now = aio_loop.time()
+    handles = {}
+    aio_loop.call_at(now + 0.01, lambda: (log.append("first"), handles["second"].cancel()))
+    handles["second"] = aio_loop.call_at(now + 0.01, log.append, "second")
+    aio_loop.call_at(now + 0.03, aio_loop.stop)
+    aio_loop.run_forever()
+    assert log == ["first"]
+
+
+def test_many_cancelled_timers_never_fire(aio_loop):
+    log = []
+    handles = [aio_loop.call_later(0.001 * (i % 50), log.append, i) for i in range(2000)]
+    keep = handles[::100]
+    for h in handles:
+        if h not in keep:
+            h.cancel()
+    aio_loop.call_later(0.1, aio_loop.stop)
+    aio_loop.run_forever()
+    assert sorted(log) == list(range(0, 2000, 100))
+
+
+def test_timer_scheduled_from_timer_callback(aio_loop):
+    log = []
+
+    def first():
+        log.append("first")
+        aio_loop.call_later(0.01, second)
+
+    def second():
+        log.append("second")
+        aio_loop.stop()
+
+    aio_loop.call_later(0.01, first)
+    aio_loop.run_forever()
+    assert log == ["first", "second"]
+
+
+def test_stop_then_callbacks_scheduled_by_stop_caller_run_next_time(aio_loop):
+    log = []
+
+    def stopper():
+        aio_loop.stop()
+        aio_loop.call_soon(log.append, "after stop")
+
+    aio_loop.call_soon(stopper)
+    aio_loop.run_forever()
+    assert log == []
+    aio_loop.run_until_complete(asyncio.sleep(0))
+    assert log == ["after stop"]
+
+
+def test_system_exit_in_callback_propagates(aio_loop):
+    def leave():
+        raise SystemExit(3)
+
+    aio_loop.call_soon(leave)
+    with pytest.raises(SystemExit):
+        aio_loop.run_forever()
+    assert not aio_loop.is_running()
+
+
+def test_partial_callback_and_run_in_executor(aio_loop):
+    log = []
+    aio_loop.call_soon(functools.partial(log.append, "partial"))
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+
+    async def main():
+        return await aio_loop.run_in_executor(None, functools.partial(int, "7f", 16))
+
+    assert run(aio_loop, main()) == 127
+    assert log == ["partial"]
+
+
+def test_run_coroutine_threadsafe(aio_loop):
+    async def add(a, b):
+        await asyncio.sleep(0.001)
+        return a + b
+
+    results = []
+
+    def from_thread():
+        fut = asyncio.run_coroutine_threadsafe(add(2, 3), aio_loop)
+        results.append(fut.result(timeout=5))
+        bad = asyncio.run_coroutine_threadsafe(asyncio.sleep(10), aio_loop)
+        bad.cancel()
+        results.append(bad.cancelled())
+
+    async def main():
+        t = threading.Thread(target=from_thread)
+        t.start()
+        while t.is_alive():
+            await asyncio.sleep(0.005)
+        t.join()
+
+    run(aio_loop, main())
+    assert results == [5, True]
+
+
+def test_loop_in_another_thread(loop_factory):
+    """A loop runs in a worker thread; the main thread feeds it with call_soon_threadsafe."""
+    loop = loop_factory()
+    started = threading.Event()
+    t = threading.Thread(target=lambda: (loop.call_soon(started.set), loop.run_forever()))
+    t.start()
+    try:
+        assert started.wait(5)
+        fut = asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, "from worker loop"), loop)
+        assert fut.result(timeout=5) == "from worker loop"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        loop.close()
+    assert not t.is_alive()
+
+
+def test_sigint_cancels_runner_main_while_loop_sleeps(loop_factory):
+    """asyncio.Runner's SIGINT handling: the signal arrives while the loop is blocked in its
+    poller; the main task is cancelled and run() raises KeyboardInterrupt."""
+    seen = []
+
+    async def main():
+        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGINT)).start()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+    assert seen == ["cancelled"]
+    assert time.monotonic() - t0 < 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_python_signal_handler_runs_while_loop_sleeps(aio_loop):
+    """A plain signal.signal() handler (not add_signal_handler) runs promptly even while the
+    loop waits on a long timer, and the loop keeps working afterwards."""
+    hits = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: hits.append(time.monotonic()))
+    try:
+        async def main():
+            threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGUSR1)).start()
+            await asyncio.sleep(0.3)
+            return len(hits)
+
+        assert run(aio_loop, main()) == 1
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_unclosed_loop_warns_resource_warning(loop_factory):
+    loop = loop_factory()
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del loop
+        gc.collect()
+
+
+def test_pending_task_destroyed_is_reported(loop_factory):
+    loop = loop_factory()
+    ctxs = []
+    loop.set_exception_handler(lambda lp, ctx: ctxs.append(ctx))
+
+    async def never():
+        await asyncio.sleep(10)
+
+    task = loop.create_task(never())
+    loop.run_until_complete(asyncio.sleep(0))  # the task starts and parks
+    loop.close()
+    del task
+    gc.collect()
+    assert any(c.get("message") == "Task was destroyed but it is pending!" for c in ctxs)
+
+
+def test_unclosed_transport_warns(loop_factory):
+    loop = loop_factory()
+    a, b = nonblocking_pair()
+
+    async def main():
+        tr, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        return tr
+
+    tr = loop.run_until_complete(main())
+    loop.close()  # the loop lets go of the transport's callbacks
+    with pytest.warns(ResourceWarning, match="unclosed transport"):
+        del tr
+        gc.collect()
+    b.close()
+
+
+def test_create_connection_local_addr_and_happy_eyeballs(aio_loop):
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+
+    async def main():
+        tr, _ = await aio_loop.create_connection(
+            asyncio.Protocol, "127.0.0.1", lsock.getsockname()[1],
+            local_addr=("127.0.0.1", 0), happy_eyeballs_delay=0.1, interleave=1)
+        conn, peer = await aio_loop.sock_accept(lsock)
+        conn.close()
+        ok = peer == tr.get_extra_info("sockname")
+        tr.close()
+        await asyncio.sleep(0)
+        return ok
+
+    try:
+        assert run(aio_loop, main())
+    finally:
+        lsock.close()
+
+
+def test_debug_mode_via_env_var(loop_factory, monkeypatch):
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    # asyncio reads the variable when a loop is created (sys.flags.dev_mode or the env var).
+    loop = loop_factory()
+    try:
+        assert loop.get_debug() is True
+    finally:
+        loop.close()
+
+
+def test_slow_coroutine_step_logged_in_debug(aio_loop, caplog):
+    """The talk's example: a coroutine that blocks is reported with its task in debug mode."""
+    import logging
+
+    aio_loop.set_debug(True)
+    aio_loop.slow_callback_duration = 0.01
+
+    async def sleeper():
+        time.sleep(0.05)  # we block here
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        aio_loop.run_until_complete(sleeper())
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("Executing" in m and "sleeper" in m and "took" in m for m in msgs), msgs
