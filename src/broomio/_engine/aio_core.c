@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "state.h"
+#include "aio.h"
 #include "structmember.h"
 
 /* The slot offsets of asyncio's Handle / TimerHandle, in the order of slot_names. */
@@ -61,43 +61,34 @@ static const char *const slot_names[OFF_COUNT] = {
 #define MIN_SCHEDULED_FOR_SWEEP 100
 #define EVENT_BATCH 256
 
-typedef struct {
-    double when;
-    uint64_t seq;
-    PyObject *handle; /* strong TimerHandle */
-} aio_timer;
-
-typedef struct {
-    PyObject *reader; /* strong Handle or NULL */
-    PyObject *writer;
-    uint32_t events; /* what epoll watches for this fd (0: not registered) */
-} aio_fd;
-
-typedef struct {
-    PyObject_HEAD bro_state *st;
-    PyObject *module; /* strong: keeps st alive */
-
-    PyObject **ring;
-    Py_ssize_t ring_cap, ring_head, ring_len;
-
-    aio_timer *heap;
-    Py_ssize_t heap_len, heap_cap;
-    uint64_t seq;
-    Py_ssize_t timer_cancelled_count;
-    double clock_resolution;
-
-    int epfd;
-    aio_fd *fds;
-    int fds_cap;
-
-    int stopping, closed, debug;
-} aio_core;
-
 static inline double now_monotonic(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+char *bro_aio_scratch(PyObject *loop, size_t size)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(loop), &bro_module_def);
+    if (module == NULL)
+        return NULL;
+    bro_state *st = PyModule_GetState(module);
+    if (!PyObject_TypeCheck(loop, st->aio_core_type)) {
+        PyErr_SetString(PyExc_TypeError, "the transport's loop is not a broomio.asyncio loop");
+        return NULL;
+    }
+    aio_core *c = (aio_core *)loop;
+    if (c->scratch == NULL || c->scratch_size < size) {
+        char *p = PyMem_Realloc(c->scratch, size);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        c->scratch = p;
+        c->scratch_size = size;
+    }
+    return c->scratch;
 }
 
 static int check_setup(bro_state *st)
@@ -1083,6 +1074,7 @@ static void core_dealloc(aio_core *c)
     PyMem_Free(c->ring);
     PyMem_Free(c->heap);
     PyMem_Free(c->fds);
+    PyMem_Free(c->scratch);
     Py_CLEAR(c->module);
     tp->tp_free(c);
     Py_DECREF(tp);

@@ -78,6 +78,8 @@ static PyMethodDef module_functions[] = {
     {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
     {"aio_setup", (PyCFunction)(void (*)(void))bro_mod_aio_setup, METH_FASTCALL,
      "aio_setup(Handle, TimerHandle): asyncio's handle classes, for broomio.asyncio."},
+    {"aio_make_transport_type", (PyCFunction)bro_mod_aio_make_transport_type, METH_O,
+     "aio_make_transport_type(base): broomio.asyncio's C-accelerated socket transport class."},
     {"sleep", bro_mod_sleep, METH_O,
      "sleep(seconds)\n--\n\nAwaitable: sleep; 0 is a checkpoint that lets other tasks run."},
     {"sleep_until", bro_mod_sleep_until, METH_O,
@@ -192,6 +194,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->aio_core_type);
     Py_VISIT(st->aio_handle_type);
     Py_VISIT(st->aio_timer_type);
+    for (int i = 0; i < BRO_AIO_TR_STRS; i++)
+        Py_VISIT(st->aio_tr_str[i]);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -227,6 +231,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->aio_str_debug_handle);
     Py_CLEAR(st->aio_str_run_debug);
     Py_CLEAR(st->aio_str_callback_error);
+    for (int i = 0; i < BRO_AIO_TR_STRS; i++)
+        Py_CLEAR(st->aio_tr_str[i]);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

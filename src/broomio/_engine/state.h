@@ -49,6 +49,9 @@ typedef struct {
     PyObject *aio_str_debug_handle;
     PyObject *aio_str_run_debug;
     PyObject *aio_str_callback_error;
+    /* Attribute names used by the socket transport's C methods (aio_transport.c). */
+#define BRO_AIO_TR_STRS 18
+    PyObject *aio_tr_str[BRO_AIO_TR_STRS];
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
@@ -93,6 +96,7 @@ int bro_syncprims_init_types(PyObject *module, bro_state *st);
 int bro_stream_init_types(PyObject *module, bro_state *st);
 int bro_aio_init_types(PyObject *module, bro_state *st);
 PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base);
 
 /* sock.c: SocketStream's hot operations in stream mode (OSError -> BrokenResourceError).
  * sock must be a SocketCore and size positive; stream.c checks both. */

@@ -13,6 +13,8 @@ import asyncio
 import asyncio.base_events
 import asyncio.events
 import asyncio.format_helpers
+import asyncio.protocols
+import asyncio.selector_events
 import asyncio.unix_events
 import selectors
 import sys
@@ -26,6 +28,25 @@ from .. import _engine
 __all__ = ["EventLoop"]
 
 _engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle)
+
+_SocketTransportBase: Any = _engine.aio_make_transport_type(
+    asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+)
+
+
+class _SocketTransport(_SocketTransportBase):  # type: ignore[misc]
+    """asyncio's TCP/Unix socket transport with its per-message paths in C.
+
+    Inherits asyncio's _SelectorSocketTransport (so close/abort/write_eof/flow control and
+    connection_lost ordering are asyncio's own); ``_read_ready`` and ``write`` are C.
+    """
+
+    _broomio_buffered = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._broomio_buffered = isinstance(protocol, asyncio.protocols.BufferedProtocol)
+        super().set_protocol(protocol)
+
 
 _logger = asyncio.base_events.logger  # type: ignore[attr-defined]
 _format_handle = asyncio.base_events._format_handle  # type: ignore[attr-defined]
@@ -94,6 +115,18 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):
 
     def __init__(self) -> None:
         super().__init__(_CoreSelector(self))
+
+    def _make_socket_transport(
+        self,
+        sock: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[Any] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> asyncio.Transport:
+        transport: asyncio.Transport = _SocketTransport(self, sock, protocol, waiter, extra, server)
+        return transport
 
     def run_forever(self) -> None:
         """Run until stop() is called (the iterations themselves run in C)."""

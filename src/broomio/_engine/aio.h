@@ -1,0 +1,48 @@
+/*
+ * aio.h -- shared between the files of broomio.asyncio's C core: the AioCore object
+ * (aio_core.c) and the socket transport's hot paths (aio_transport.c).
+ */
+#ifndef BROOMIO_AIO_H
+#define BROOMIO_AIO_H
+
+#include "state.h"
+
+typedef struct {
+    double when;
+    uint64_t seq;
+    PyObject *handle; /* strong TimerHandle */
+} aio_timer;
+
+typedef struct {
+    PyObject *reader; /* strong Handle or NULL */
+    PyObject *writer;
+    uint32_t events; /* what epoll watches for this fd (0: not registered) */
+} aio_fd;
+
+typedef struct {
+    PyObject_HEAD bro_state *st;
+    PyObject *module; /* strong: keeps st alive */
+
+    PyObject **ring;
+    Py_ssize_t ring_cap, ring_head, ring_len;
+
+    aio_timer *heap;
+    Py_ssize_t heap_len, heap_cap;
+    uint64_t seq;
+    Py_ssize_t timer_cancelled_count;
+    double clock_resolution;
+
+    int epfd;
+    aio_fd *fds;
+    int fds_cap;
+
+    int stopping, closed, debug;
+    char *scratch; /* the transports' recv buffer, allocated on first use */
+    size_t scratch_size;
+} aio_core;
+
+/* The loop's scratch receive buffer (at least size bytes), or NULL with an exception if loop
+ * is not an AioCore. */
+char *bro_aio_scratch(PyObject *loop, size_t size);
+
+#endif

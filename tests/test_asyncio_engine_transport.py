@@ -1,0 +1,288 @@
+"""broomio.asyncio's socket transport (C read/write paths) against asyncio's own."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import broomio.asyncio as bra
+
+FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "broomio": bra.new_event_loop,
+}
+
+
+def both(main: Callable[[], Any]) -> Any:
+    out = []
+    for name in ("asyncio", "broomio"):
+        with asyncio.Runner(loop_factory=FACTORIES[name]) as runner:
+            out.append(runner.run(main()))
+    assert out[0] == out[1], out
+    return out[1]
+
+
+async def pair(proto: Callable[[], asyncio.BaseProtocol]) -> tuple[asyncio.Transport, Any, socket.socket]:
+    """A transport over one end of a socketpair; the other end is returned raw."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    tr, pr = await loop.connect_accepted_socket(proto, a)
+    await asyncio.sleep(0)
+    b.setblocking(False)
+    return tr, pr, b  # type: ignore[return-value]
+
+
+def test_transport_class_is_c_accelerated() -> None:
+    async def main() -> list[Any]:
+        tr, _, b = await pair(asyncio.Protocol)
+        res = [isinstance(tr, asyncio.Transport), type(tr).__name__]
+        tr.close()
+        b.close()
+        return res
+
+    with asyncio.Runner(loop_factory=bra.new_event_loop) as r:
+        ok, name = r.run(main())
+    assert ok and name == "_SocketTransport"
+
+
+def test_noncontiguous_memoryview_write_is_fatal_like_asyncio() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(type(exc).__name__)
+
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda lp, ctx: log.append(ctx["message"]))
+        tr, _, b = await pair(P)
+        tr.write(memoryview(b"abcdef")[::2])
+        await asyncio.sleep(0.01)
+        b.close()
+        return log
+
+    assert both(main) == ["Fatal write error on socket transport", "BufferError"]
+
+
+def test_write_type_and_state_errors() -> None:
+    async def main() -> list[str]:
+        tr, _, b = await pair(asyncio.Protocol)
+        errs = []
+        for bad in ("str", 5, None):
+            try:
+                tr.write(bad)  # type: ignore[arg-type]
+            except TypeError as e:
+                errs.append(str(e))
+        tr.write(b"")
+        tr.write_eof()
+        try:
+            tr.write(b"x")
+        except RuntimeError as e:
+            errs.append(str(e))
+        await asyncio.sleep(0.01)
+        errs.append(repr(b.recv(100)))
+        tr.close()
+        b.close()
+        return errs
+
+    res = both(main)
+    assert res[-2] == "Cannot call write() after write_eof()"
+
+
+def test_write_backpressure_and_drain_order() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+
+        class P(asyncio.Protocol):
+            def pause_writing(self) -> None:
+                log.append("pause")
+
+            def resume_writing(self) -> None:
+                log.append("resume")
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", exc))
+
+        tr, _, b = await pair(P)
+        tr.set_write_buffer_limits(high=64 * 1024, low=1024)
+        chunk = b"z" * 65536
+        total = 0
+        for _ in range(40):
+            tr.write(chunk)
+            total += len(chunk)
+        log.append(tr.get_write_buffer_size() > 0)
+        got = 0
+        while got < total:
+            try:
+                got += len(b.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        log.append(tr.get_write_buffer_size())
+        tr.close()
+        await asyncio.sleep(0.01)
+        b.close()
+        return log
+
+    assert both(main) == ["pause", True, "resume", 0, ("lost", None)]
+
+
+def test_close_with_pending_data_flushes_then_loses() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", exc))
+
+        tr, _, b = await pair(P)
+        tr.write(b"q" * 3_000_000)
+        tr.close()
+        log.append(tr.is_closing())
+        got = 0
+        while got < 3_000_000:
+            try:
+                got += len(b.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        log.append(got)
+        b.close()
+        return log
+
+    assert both(main) == [True, ("lost", None), 3_000_000]
+
+
+def test_abort_and_peer_reset() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+
+        class P(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                log.append(data)
+
+            def eof_received(self) -> None:
+                log.append("eof")
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", type(exc).__name__))
+
+        tr, _, b = await pair(P)
+        b.send(b"last words")
+        b.close()
+        await asyncio.sleep(0.02)
+        tr2, _, b2 = await pair(P)
+        tr2.abort()
+        await asyncio.sleep(0.01)
+        b2.close()
+        return log
+
+    assert both(main) == [b"last words", "eof", ("lost", "NoneType"), ("lost", "NoneType")]
+
+
+def test_protocol_exception_is_fatal() -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        log: list[Any] = []
+        loop.set_exception_handler(lambda lp, ctx: log.append(ctx["message"]))
+
+        class P(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                raise ValueError("bad data")
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", type(exc).__name__))
+
+        tr, _, b = await pair(P)
+        b.send(b"x")
+        await asyncio.sleep(0.02)
+        b.close()
+        return log
+
+    assert both(main) == ["Fatal error: protocol.data_received() call failed.", ("lost", "ValueError")]
+
+
+def test_buffered_protocol_paths() -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        log: list[Any] = []
+        loop.set_exception_handler(lambda lp, ctx: log.append(ctx["message"]))
+
+        class P(asyncio.BufferedProtocol):
+            def __init__(self, size: int) -> None:
+                self.buf = bytearray(size)
+
+            def get_buffer(self, sizehint: int) -> bytearray:
+                return self.buf
+
+            def buffer_updated(self, nbytes: int) -> None:
+                log.append(bytes(self.buf[:nbytes]))
+
+            def eof_received(self) -> bool:
+                log.append("eof")
+                return True  # keep open: the reader is removed
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", type(exc).__name__))
+
+        tr, _, b = await pair(lambda: P(3))
+        b.send(b"abcdefg")
+        await asyncio.sleep(0.02)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.02)
+        tr.write(b"still")
+        await asyncio.sleep(0.01)
+        log.append(b.recv(10))
+        tr.close()
+        await asyncio.sleep(0.01)
+        tr2, _, b2 = await pair(lambda: P(0))
+        b2.send(b"x")
+        await asyncio.sleep(0.02)
+        b.close()
+        b2.close()
+        return log
+
+    res = both(main)
+    assert res[:4] == [b"abc", b"def", b"g", "eof"]
+    assert res[-2] == "Fatal error: protocol.get_buffer() call failed."
+
+
+def test_write_after_connection_lost_is_counted() -> None:
+    async def main() -> list[Any]:
+        tr, _, b = await pair(asyncio.Protocol)
+        b.close()
+        tr.write(b"x" * 100)
+        await asyncio.sleep(0.02)
+        for _ in range(3):
+            tr.write(b"y")
+        res = [tr.is_closing()]
+        tr.close()
+        return res
+
+    assert both(main) == [True]
+
+
+def test_pause_resume_reading() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+
+        class P(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                log.append(data)
+
+        tr, _, b = await pair(P)
+        tr.pause_reading()
+        b.send(b"held")
+        await asyncio.sleep(0.02)
+        log.append(("reading", tr.is_reading()))
+        tr.resume_reading()
+        await asyncio.sleep(0.02)
+        tr.close()
+        b.close()
+        return log
+
+    assert both(main) == [("reading", False), b"held"]
