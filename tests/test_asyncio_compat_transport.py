@@ -1,0 +1,311 @@
+"""asyncio compatibility, socket transport details a C transport must reproduce: buffer
+ownership, graceful close vs abort, protocol errors, set_protocol, reading control from
+inside callbacks.  Each test runs on stock asyncio (the oracle) and on broomio.asyncio
+(see tests/_aio_support.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from _aio_support import (  # noqa: F401
+    Recorder,
+    aio_loop,
+    broomio_xfail,
+    loop_factory,
+    loop_name,
+    nonblocking_pair,
+    run,
+)
+
+
+async def _read_all(loop, sock, n=None):
+    """Read from a non-blocking socket until EOF (or n bytes)."""
+    out = bytearray()
+    while n is None or len(out) < n:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _fill_kernel_buffers(sock):
+    """Make the next send() on ``sock`` block (fill the send and the peer's receive buffers)."""
+    total = 0
+    while True:
+        try:
+            total += sock.send(b"\0" * 65536)
+        except BlockingIOError:
+            return total
+
+
+def test_write_copies_mutable_buffer(aio_loop):
+    """The caller may reuse its bytearray right after write(): the queued part is a copy."""
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            pre = _fill_kernel_buffers(a)  # everything written now gets queued
+            buf = bytearray(b"A" * 100_000)
+            tr.write(buf)
+            buf[:] = b"B" * 100_000  # mutate after write
+            view_src = bytearray(b"C" * 1000)
+            tr.write(memoryview(view_src))
+            view_src[:] = b"D" * 1000
+            size = tr.get_write_buffer_size()
+            tr.close()
+            data = await _read_all(aio_loop, b)
+            await proto.done
+            return size, data[pre:]
+
+        size, data = run(aio_loop, main())
+        assert size == 101_000
+        assert data == b"A" * 100_000 + b"C" * 1000
+    finally:
+        a.close()
+        b.close()
+
+
+def test_close_flushes_pending_data_then_abort_discards(aio_loop):
+    a, b = nonblocking_pair()
+    c, d = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.write(b"x" * 3_000_000)
+            tr.close()
+            assert tr.is_closing()
+            flushed = await _read_all(aio_loop, b)
+            await proto.done
+
+            tr2, proto2 = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), c)
+            pre = _fill_kernel_buffers(c)
+            tr2.write(b"y" * 1_000_000)
+            tr2.abort()
+            dropped = await _read_all(aio_loop, d)
+            await proto2.done
+            return len(flushed), len(dropped) - pre, proto.events[-1], proto2.events[-1]
+
+        flushed, extra, lost1, lost2 = run(aio_loop, main())
+        assert flushed == 3_000_000
+        assert extra == 0  # nothing queued after the kernel buffers was sent
+        assert lost1 == ("lost", None) and lost2 == ("lost", None)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+
+
+def test_write_empty_is_noop_and_writelines_mixed(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.write(b"")
+            tr.writelines([b"ab", bytearray(b"cd"), memoryview(b"ef"), b""])
+            tr.write_eof()
+            data = await _read_all(aio_loop, b)
+            tr.close()
+            await proto.done
+            return data
+
+        assert run(aio_loop, main()) == b"abcdef"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_write_after_write_eof_raises(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                tr.write(b"late")
+            tr.close()
+            await proto.done
+            return True
+
+        assert run(aio_loop, main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_data_received_exception_is_fatal(aio_loop):
+    a, b = nonblocking_pair()
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+
+    class Broken(Recorder):
+        def data_received(self, data):
+            raise ValueError("protocol bug")
+
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Broken(aio_loop), a)
+            b.send(b"trigger")
+            exc = await proto.done
+            return type(exc).__name__, tr.is_closing()
+
+        assert run(aio_loop, main()) == ("ValueError", True)
+        assert len(ctxs) == 1
+        assert ctxs[0]["message"] == "Fatal error: protocol.data_received() call failed."
+        assert isinstance(ctxs[0]["exception"], ValueError)
+        assert ctxs[0]["protocol"] is not None and ctxs[0]["transport"] is not None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_set_protocol_switches_receiver(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, first = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            assert tr.get_protocol() is first
+            b.send(b"one")
+            while not first.data:
+                await asyncio.sleep(0.001)
+            second = Recorder(aio_loop)
+            tr.set_protocol(second)
+            assert tr.get_protocol() is second
+            b.send(b"two")
+            while not second.data:
+                await asyncio.sleep(0.001)
+            tr.close()
+            await second.done
+            return bytes(first.data), bytes(second.data), first.done.done()
+
+        assert run(aio_loop, main()) == (b"one", b"two", False)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pause_reading_from_data_received(aio_loop):
+    a, b = nonblocking_pair()
+
+    class OneShot(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: OneShot(aio_loop), a)
+            b.send(b"first")
+            while not proto.data:
+                await asyncio.sleep(0.001)
+            b.send(b"second")
+            await asyncio.sleep(0.03)
+            held = bytes(proto.data)
+            tr.resume_reading()
+            while len(proto.data) < 11:
+                await asyncio.sleep(0.001)
+            tr.close()
+            await proto.done
+            return held, bytes(proto.data), tr.is_reading()
+
+        assert run(aio_loop, main()) == (b"first", b"firstsecond", False)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_large_bidirectional_transfer_with_small_reads(aio_loop):
+    """10 MB each way at once through one connection, no data lost or reordered."""
+    payload = os.urandom(10 << 20)
+
+    class Sink(Recorder):
+        pass
+
+    async def main():
+        server_side = {}
+
+        def factory():
+            p = Sink(aio_loop)
+            server_side["p"] = p
+            return p
+
+        server = await aio_loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, proto = await aio_loop.create_connection(lambda: Sink(aio_loop), "127.0.0.1", port)
+        await asyncio.sleep(0)
+        while "p" not in server_side:
+            await asyncio.sleep(0.001)
+        srv = server_side["p"]
+        await srv.made
+        tr.write(payload)
+        srv.transport.write(payload[::-1])
+        while len(proto.data) < len(payload) or len(srv.data) < len(payload):
+            await asyncio.sleep(0.005)
+        tr.close()
+        await proto.done
+        await srv.done
+        server.close()
+        await server.wait_closed()
+        return bytes(srv.data) == payload, bytes(proto.data) == payload[::-1]
+
+    assert run(aio_loop, main(), timeout=25) == (True, True)
+
+
+def test_is_reading_and_closing_states(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            states = [tr.is_reading(), tr.is_closing()]
+            tr.close()
+            states += [tr.is_reading(), tr.is_closing()]
+            tr.close()  # idempotent
+            tr.pause_reading()  # no-ops once closing
+            tr.resume_reading()
+            await proto.done
+            return states, proto.events
+
+        states, events = run(aio_loop, main())
+        assert states == [True, False, False, True]
+        assert events == ["made", ("lost", None)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_peer_close_with_unread_data_gives_eof_then_lost(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            b.sendall(b"last words")
+            b.close()
+            exc = await proto.done
+            return bytes(proto.data), proto.events, exc
+
+        data, events, exc = run(aio_loop, main())
+        assert data == b"last words"
+        assert events == ["made", "data", "eof", ("lost", None)]
+        assert exc is None
+    finally:
+        a.close()
+
+
+def test_get_extra_info_on_unix_socketpair(aio_loop):
+    a, b = nonblocking_pair(socket.AF_UNIX)
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            info = (tr.get_extra_info("peername"), tr.get_extra_info("sockname"),
+                    tr.get_extra_info("socket").fileno() == a.fileno())
+            tr.close()
+            await proto.done
+            return info
+
+        assert run(aio_loop, main()) == ("", "", True)
+    finally:
+        a.close()
+        b.close()
