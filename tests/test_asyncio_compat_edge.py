@@ -293,3 +293,172 @@ def test_slow_coroutine_step_logged_in_debug(aio_loop, caplog):
         aio_loop.run_until_complete(sleeper())
     msgs = [r.getMessage() for r in caplog.records]
     assert any("Executing" in m and "sleeper" in m and "took" in m for m in msgs), msgs
+
+
+def test_exception_context_in_callback(aio_loop):
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+
+    def bad():
+        raise LookupError("ctx")
+
+    h = aio_loop.call_soon(bad)
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    (ctx,) = ctxs
+    assert ctx["message"].startswith("Exception in callback")
+    assert ctx["handle"] is h
+    assert isinstance(ctx["exception"], LookupError)
+    assert "source_traceback" not in ctx
+
+
+def test_debug_exception_context_has_source_traceback(aio_loop):
+    aio_loop.set_debug(True)
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+
+    def bad():
+        raise LookupError("ctx")
+
+    aio_loop.call_soon(bad)
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    (ctx,) = ctxs
+    frames = ctx["source_traceback"]
+    # The traceback of where call_soon was called: this test function is in it.
+    assert any(f.name == "test_debug_exception_context_has_source_traceback" for f in frames)
+
+
+def test_reader_callback_is_level_triggered(aio_loop):
+    a, b = nonblocking_pair()
+    calls = []
+    try:
+        async def main():
+            aio_loop.add_reader(a, lambda: calls.append(1))  # never reads: stays readable
+            b.send(b"x")
+            for _ in range(50):
+                await asyncio.sleep(0)
+                if len(calls) >= 3:
+                    break
+            aio_loop.remove_reader(a)
+            return len(calls) >= 3
+
+        assert run(aio_loop, main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reader_removed_by_other_reader_in_same_iteration(aio_loop):
+    """Two fds ready at once; whichever callback runs first removes the other's reader: the
+    other callback must not run (its queued handle is cancelled)."""
+    (a1, b1), (a2, b2) = nonblocking_pair(), nonblocking_pair()
+    ran = []
+    try:
+        def on1():
+            ran.append(1)
+            aio_loop.remove_reader(a2)
+            aio_loop.remove_reader(a1)
+
+        def on2():
+            ran.append(2)
+            aio_loop.remove_reader(a1)
+            aio_loop.remove_reader(a2)
+
+        async def main():
+            b1.send(b"x")
+            b2.send(b"y")
+            await asyncio.sleep(0.02)  # both readable before the readers exist
+            aio_loop.add_reader(a1, on1)
+            aio_loop.add_reader(a2, on2)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            return len(ran)
+
+        assert run(aio_loop, main()) == 1
+    finally:
+        for s in (a1, b1, a2, b2):
+            s.close()
+
+
+def test_reader_callback_exception_keeps_reader(aio_loop):
+    a, b = nonblocking_pair()
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+    got = []
+    try:
+        def on_read():
+            got.append(a.recv(1))
+            if len(got) == 1:
+                raise RuntimeError("first read fails")
+
+        async def main():
+            aio_loop.add_reader(a, on_read)
+            b.send(b"12")
+            for _ in range(50):
+                await asyncio.sleep(0.001)
+                if len(got) == 2:
+                    break
+            aio_loop.remove_reader(a)
+            return got
+
+        assert run(aio_loop, main()) == [b"1", b"2"]
+        assert len(ctxs) == 1 and isinstance(ctxs[0]["exception"], RuntimeError)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("delay", [1e10, float("inf")])
+def test_huge_timer_does_not_break_the_wait(aio_loop, delay):
+    log = []
+    far = aio_loop.call_later(delay, log.append, "far")
+    aio_loop.call_later(0.02, aio_loop.stop)
+    t0 = time.monotonic()
+    aio_loop.run_forever()
+    assert time.monotonic() - t0 < 5
+    # Only the far timer left: a thread's call_soon_threadsafe must still wake the loop.
+    threading.Timer(0.02, aio_loop.call_soon_threadsafe, args=(aio_loop.stop,)).start()
+    t0 = time.monotonic()
+    aio_loop.run_forever()
+    assert time.monotonic() - t0 < 5
+    far.cancel()
+    assert log == []
+
+
+def test_close_discards_pending_callbacks(loop_factory):
+    loop = loop_factory()
+    log = []
+    loop.call_soon(log.append, "never")
+    loop.call_later(0.01, log.append, "never either")
+    loop.close()
+    assert log == []
+    assert loop.is_closed()
+
+
+def test_sleep_zero_yields_to_ready_callbacks(aio_loop):
+    log = []
+
+    async def main():
+        aio_loop.call_soon(log.append, "cb")
+        log.append("before")
+        await asyncio.sleep(0)
+        log.append("after")
+
+    run(aio_loop, main())
+    assert log == ["before", "cb", "after"]
+
+
+def test_task_step_order_round_robin(aio_loop):
+    log = []
+
+    async def worker(name):
+        for i in range(3):
+            log.append((name, i))
+            await asyncio.sleep(0)
+
+    async def main():
+        await asyncio.gather(worker("a"), worker("b"), worker("c"))
+
+    run(aio_loop, main())
+    assert log == [(n, i) for i in range(3) for n in "abc"]
