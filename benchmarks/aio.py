@@ -386,7 +386,8 @@ def render_report(results: dict[tuple[str, str], dict[str, Any]], cfg: AioConfig
         f"Servers pinned to CPU {cfg.server_cpu}, load generators (the C echo loadgen, wrk) "
         f"to CPU {cfg.client_cpu}; echo: {cfg.warmup:g} s warm-up + {cfg.duration:g} s "
         f"measured per run. Best of {cfg.repeat} run{'s' if cfg.repeat != 1 else ''}, each "
-        f"in a fresh process. \"vs {BASELINE}\" is a speed ratio: > 1 means better than "
+        "in a fresh process (echo: by server CPU/msg, both echo numbers come from that run; "
+        f"aiohttp: by requests/s). \"vs {BASELINE}\" is a speed ratio: > 1 means better than "
         f"{BASELINE} (more per second, or less server CPU per message/request)."
         + (" **--quick**: short runs." if cfg.quick else ""))
     if interrupted:
