@@ -309,3 +309,151 @@ def test_get_extra_info_on_unix_socketpair(aio_loop):
     finally:
         a.close()
         b.close()
+
+
+class _Buf(asyncio.BufferedProtocol):
+    def __init__(self, loop, fail_in=None):
+        self.fail_in = fail_in
+        self.buf = bytearray(64)
+        self.data = bytearray()
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        if self.fail_in == "get_buffer":
+            raise KeyError("no buffer")
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        if self.fail_in == "buffer_updated":
+            raise KeyError("cannot take it")
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        if self.fail_in == "eof_received":
+            raise KeyError("eof")
+
+    def connection_lost(self, exc):
+        self.done.set_result(exc)
+
+
+@pytest.mark.parametrize("where", ["get_buffer", "buffer_updated", "eof_received"])
+def test_buffered_protocol_callback_errors_are_fatal(aio_loop, where):
+    a, b = nonblocking_pair()
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(
+                lambda: _Buf(aio_loop, fail_in=where), a)
+            b.send(b"payload")
+            if where == "eof_received":
+                b.shutdown(socket.SHUT_WR)
+            exc = await proto.done
+            return type(exc).__name__
+
+        assert run(aio_loop, main()) == "KeyError"
+        assert [c["message"] for c in ctxs] == [f"Fatal error: protocol.{where}() call failed."]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_set_protocol_between_protocol_and_buffered_protocol(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, plain = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            b.send(b"plain")
+            while not plain.data:
+                await asyncio.sleep(0.001)
+            buffered = _Buf(aio_loop)
+            tr.set_protocol(buffered)
+            b.send(b"buffered")
+            while len(buffered.data) < 8:
+                await asyncio.sleep(0.001)
+            back = Recorder(aio_loop)
+            tr.set_protocol(back)
+            b.send(b"again")
+            while not back.data:
+                await asyncio.sleep(0.001)
+            tr.close()
+            await back.done
+            return bytes(plain.data), bytes(buffered.data), bytes(back.data)
+
+        assert run(aio_loop, main()) == (b"plain", b"buffered", b"again")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_connection_lost_is_called_soon_not_inline(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.close()
+            inline = list(proto.events)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return inline, proto.events
+
+        inline, later = run(aio_loop, main())
+        assert inline == ["made"]
+        assert later == ["made", ("lost", None)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_no_data_delivered_after_close(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.pause_reading()
+            b.send(b"unwanted")
+            await asyncio.sleep(0.01)
+            tr.close()
+            await proto.done
+            return bytes(proto.data), proto.events
+
+        assert run(aio_loop, main()) == (b"", ["made", ("lost", None)])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_write_from_data_received_and_connection_made(aio_loop):
+    """Greeting written from connection_made, replies written from data_received."""
+    lost = []
+
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            transport.write(b"hello\n")
+
+        def data_received(self, data):
+            self.transport.write(b"re:" + data)
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def main():
+        server = await aio_loop.create_server(Greeter, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        greeting = await r.readline()
+        w.write(b"x")
+        reply = await r.readexactly(4)
+        w.close()
+        await w.wait_closed()
+        while not lost:  # the server side sees EOF and closes
+            await asyncio.sleep(0.001)
+        server.close()
+        await server.wait_closed()
+        return greeting, reply, lost
+
+    assert run(aio_loop, main()) == (b"hello\n", b"re:x", [None])
