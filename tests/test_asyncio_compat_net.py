@@ -1147,3 +1147,61 @@ def test_write_pipe_reader_closed_reports_lost(aio_loop):
         return exc
 
     assert run(aio_loop, main()) is None  # nothing was buffered: a clean close
+
+
+# ---------------------------------------------------------------------------
+# TLS timeouts
+
+
+def test_tls_server_handshake_timeout_drops_silent_client(aio_loop, pki):
+    async def main():
+        server = await aio_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context(),
+                                              ssl_handshake_timeout=0.1)
+        port = server.sockets[0].getsockname()[1]
+        # A plain TCP client that never starts the handshake.
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        t0 = aio_loop.time()
+        data = await r.read()  # the server gives up and closes
+        elapsed = aio_loop.time() - t0
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data, elapsed < 5
+
+    assert run(aio_loop, main()) == (b"", True)
+
+
+def test_tls_client_handshake_timeout(aio_loop, pki):
+    lsock = tcp_listener()  # accepts (backlog) but never speaks TLS
+
+    async def main():
+        with pytest.raises(ConnectionAbortedError, match="SSL handshake is taking longer"):
+            await aio_loop.create_connection(
+                asyncio.Protocol, *lsock.getsockname(), ssl=pki.client_context(),
+                server_hostname="localhost", ssl_handshake_timeout=0.1)
+        return True
+
+    try:
+        assert run(aio_loop, main())
+    finally:
+        lsock.close()
+
+
+def test_tls_write_eof_not_supported_and_half_close_by_peer(aio_loop, pki):
+    async def main():
+        server = await aio_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
+        port = server.sockets[0].getsockname()[1]
+        tr, proto = await aio_loop.create_connection(
+            lambda: Recorder(aio_loop), "127.0.0.1", port, ssl=pki.client_context(),
+            server_hostname="localhost")
+        can = tr.can_write_eof()
+        tr.write(b"ping")
+        await _collect(proto, 4)
+        tr.close()
+        await proto.done
+        server.close()
+        await server.wait_closed()
+        return can, bytes(proto.data)
+
+    assert run(aio_loop, main()) == (False, b"ping")
