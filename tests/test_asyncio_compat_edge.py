@@ -462,3 +462,61 @@ def test_task_step_order_round_robin(aio_loop):
 
     run(aio_loop, main())
     assert log == [(n, i) for i in range(3) for n in "abc"]
+
+
+def test_reader_on_high_numbered_fd(aio_loop):
+    """File descriptors far above the first few hundred (fd tables must grow)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 4100:
+        pytest.skip(f"RLIMIT_NOFILE is {soft}")
+    a, b = nonblocking_pair()
+    high = os.dup2(a.fileno(), 4090)
+    try:
+        async def main():
+            fut = aio_loop.create_future()
+            aio_loop.add_reader(high, lambda: fut.done() or fut.set_result(os.read(high, 10)))
+            b.send(b"high fd")
+            data = await fut
+            aio_loop.remove_reader(high)
+            return data
+
+        assert run(aio_loop, main()) == b"high fd"
+    finally:
+        os.close(high)
+        a.close()
+        b.close()
+
+
+def test_many_connections_at_once(aio_loop):
+    """300 concurrent stream connections through one server (fd tables, accept backlog)."""
+    async def handle(reader, writer):
+        writer.write(await reader.readexactly(4))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        done.append(1)
+
+    done = []
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(i):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"%04d" % i)
+            data = await r.read()
+            w.close()
+            await w.wait_closed()
+            return data
+
+        got = await asyncio.gather(*(client(i) for i in range(300)))
+        while len(done) < 300:
+            await asyncio.sleep(0.001)
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run(aio_loop, main(), timeout=25) == [b"%04d" % i for i in range(300)]
