@@ -457,3 +457,39 @@ def test_write_from_data_received_and_connection_made(aio_loop):
         return greeting, reply, lost
 
     assert run(aio_loop, main()) == (b"hello\n", b"re:x", [None])
+
+
+def test_write_to_reset_peer_reports_lost_without_handler(aio_loop, caplog):
+    import logging
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+    ctxs = []
+    aio_loop.set_exception_handler(lambda loop, ctx: ctxs.append(ctx))
+
+    async def main():
+        tr, proto = await aio_loop.create_connection(lambda: Recorder(aio_loop),
+                                                     *lsock.getsockname())
+        conn, _ = await aio_loop.sock_accept(lsock)
+        tr.pause_reading()  # the reset must be discovered by write()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        conn.close()  # RST
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            tr.write(b"x" * 1000)
+            await asyncio.sleep(0.01)
+        exc = await proto.done
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(6):  # writes after the connection was lost: counted, then logged
+                tr.write(b"late")
+        tr.close()
+        return type(exc).__name__
+
+    try:
+        assert run(aio_loop, main()) == "ConnectionResetError"
+    finally:
+        lsock.close()
+    assert ctxs == []  # connection errors are not "unexpected": no exception handler call
+    assert any("socket.send() raised exception." in r.getMessage() for r in caplog.records)
