@@ -23,17 +23,32 @@
 #include <sys/socket.h>
 
 #include "aio.h"
+#include "structmember.h"
 
+/* asyncio's _SelectorTransport.max_size: the most one recv() asks for. */
 #define SCRATCH_SIZE (256 * 1024)
 
+/* The hot attributes live in C, after the Python base's layout, as member descriptors: the
+ * inherited Python methods read and write them as ordinary attributes, and the C methods
+ * read them without a dictionary lookup.  Their offset is known only at run time (it
+ * depends on the base's size), so it is kept in the module state. */
+typedef struct {
+    PyObject *protocol;
+    PyObject *loop;
+    PyObject *buffer;
+    PyObject *empty_waiter;
+    Py_ssize_t conn_lost;
+    int sock_fd;
+    char eof;
+    char buffered;
+} tr_fields;
+
+static inline tr_fields *F(PyObject *self, bro_state *st)
+{
+    return (tr_fields *)((char *)self + st->aio_tr_off);
+}
+
 enum {
-    S_CONN_LOST,
-    S_SOCK_FD,
-    S_PROTOCOL,
-    S_LOOP,
-    S_BUFFER,
-    S_EOF,
-    S_EMPTY_WAITER,
     S_DATA_RECEIVED,
     S_GET_BUFFER,
     S_BUFFER_UPDATED,
@@ -42,24 +57,15 @@ enum {
     S_ADD_WRITER,
     S_WRITE_READY,
     S_MAYBE_PAUSE,
-    S_MAX_SIZE,
-    S_BUFFERED,
     S_WRITE,
     S_COUNT
 };
 _Static_assert(S_COUNT == BRO_AIO_TR_STRS, "state.h's BRO_AIO_TR_STRS is out of date");
 static const char *const str_names[S_COUNT] = {
-    "_conn_lost",      "_sock_fd",          "_protocol",  "_loop",
-    "_buffer",         "_eof",              "_empty_waiter", "data_received",
-    "get_buffer",      "buffer_updated",    "_fatal_error", "_read_ready__on_eof",
-    "_add_writer",     "_write_ready",      "_maybe_pause_protocol", "max_size",
-    "_broomio_buffered", "write"};
+    "data_received", "get_buffer",    "buffer_updated",        "_fatal_error", "_read_ready__on_eof",
+    "_add_writer",   "_write_ready",  "_maybe_pause_protocol", "write"};
 
-static PyObject **strs(PyTypeObject *defining_class)
-{
-    bro_state *st = PyType_GetModuleState(defining_class);
-    return st->aio_tr_str;
-}
+
 
 /* Calls self.<name>(*args) and drops the result; -1 on error. */
 static int call_method(PyObject *self, PyObject *name, PyObject *a, PyObject *b)
@@ -106,28 +112,6 @@ static PyObject *fatal(PyObject *self, PyObject **s, const char *message)
     if (r < 0)
         return NULL;
     Py_RETURN_NONE;
-}
-
-/* Reads an int attribute; -1 with an exception on failure. */
-static long get_long(PyObject *self, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(self, name);
-    if (v == NULL)
-        return -1;
-    long r = PyLong_AsLong(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* 1 if attribute name is truthy, 0 if not, -1 on error. */
-static int get_truth(PyObject *self, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(self, name);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
 }
 
 static PyObject *read_buffered(PyObject *self, PyObject **s, int fd, PyObject *protocol)
@@ -182,6 +166,14 @@ static PyObject *read_buffered(PyObject *self, PyObject **s, int fd, PyObject *p
     Py_RETURN_NONE;
 }
 
+/* A member that must be set (T_OBJECT_EX semantics): AttributeError if it is not. */
+static PyObject *need(PyObject *v, const char *name)
+{
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "transport has no attribute '%s'", name);
+    return v;
+}
+
 /* _read_ready(): the reader callback. */
 static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -190,39 +182,25 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         PyErr_SetString(PyExc_TypeError, "_read_ready() takes no arguments");
         return NULL;
     }
-    PyObject **s = strs(cls);
-    int lost = get_truth(self, s[S_CONN_LOST]);
-    if (lost < 0)
-        return NULL;
-    if (lost)
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->conn_lost)
         Py_RETURN_NONE;
-    long fd = get_long(self, s[S_SOCK_FD]);
-    if (fd == -1 && PyErr_Occurred())
+    PyObject *protocol = need(f->protocol, "_protocol");
+    PyObject *loop = need(f->loop, "_loop");
+    if (protocol == NULL || loop == NULL)
         return NULL;
-    PyObject *protocol = PyObject_GetAttr(self, s[S_PROTOCOL]);
-    if (protocol == NULL)
-        return NULL;
+    Py_INCREF(protocol);
     PyObject *result = NULL;
-    int buffered = get_truth(self, s[S_BUFFERED]);
-    if (buffered < 0)
-        goto done;
-    if (buffered) {
-        result = read_buffered(self, s, (int)fd, protocol);
+    if (f->buffered) {
+        result = read_buffered(self, s, f->sock_fd, protocol);
         goto done;
     }
-    PyObject *loop = PyObject_GetAttr(self, s[S_LOOP]);
-    if (loop == NULL)
-        goto done;
     char *scratch = bro_aio_scratch(loop, SCRATCH_SIZE);
-    Py_DECREF(loop);
     if (scratch == NULL)
         goto done;
-    long size = get_long(self, s[S_MAX_SIZE]);
-    if (size == -1 && PyErr_Occurred())
-        goto done;
-    if (size <= 0 || size > SCRATCH_SIZE)
-        size = SCRATCH_SIZE;
-    ssize_t n = recv((int)fd, scratch, (size_t)size, 0);
+    ssize_t n = recv(f->sock_fd, scratch, SCRATCH_SIZE, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             result = Py_NewRef(Py_None);
@@ -256,13 +234,13 @@ done:
 }
 
 /* The inherited Python write(): the reference path for every unusual case. */
-static PyObject *write_fallback(PyObject *self, PyTypeObject *cls, PyObject *data)
+static PyObject *write_fallback(PyObject *self, PyTypeObject *cls, PyObject **s, PyObject *data)
 {
-    PyObject *s = PyObject_GetAttr((PyObject *)cls->tp_base, strs(cls)[S_WRITE]);
-    if (s == NULL)
+    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE]);
+    if (m == NULL)
         return NULL;
-    PyObject *r = PyObject_CallFunctionObjArgs(s, self, data, NULL);
-    Py_DECREF(s);
+    PyObject *r = PyObject_CallFunctionObjArgs(m, self, data, NULL);
+    Py_DECREF(m);
     return r;
 }
 
@@ -273,6 +251,31 @@ static int append_bytes(PyObject *buffer, const char *p, Py_ssize_t n)
         return -1;
     memcpy(PyByteArray_AS_STRING(buffer) + old, p, (size_t)n);
     return 0;
+}
+
+/* Arms loop._add_writer(fd, self._write_ready): the socket is full. */
+static int arm_writer(PyObject *self, PyObject **s, tr_fields *f)
+{
+    PyObject *loop = need(f->loop, "_loop");
+    if (loop == NULL)
+        return -1;
+    Py_INCREF(loop);
+    PyObject *cb = PyObject_GetAttr(self, s[S_WRITE_READY]);
+    PyObject *fdo = PyLong_FromLong(f->sock_fd);
+    int r = -1;
+    if (cb != NULL && fdo != NULL) {
+        PyObject *a[3] = {loop, fdo, cb};
+        PyObject *h = PyObject_VectorcallMethod(s[S_ADD_WRITER], a,
+                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (h != NULL) {
+            Py_DECREF(h);
+            r = 0;
+        }
+    }
+    Py_XDECREF(cb);
+    Py_XDECREF(fdo);
+    Py_DECREF(loop);
+    return r;
 }
 
 /* write(data) */
@@ -290,50 +293,35 @@ static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *ar
                      Py_TYPE(data)->tp_name);
         return NULL;
     }
-    PyObject **s = strs(cls);
-    int eof = get_truth(self, s[S_EOF]);
-    if (eof < 0)
-        return NULL;
-    if (eof) {
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->eof) {
         PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
         return NULL;
     }
-    PyObject *waiter = PyObject_GetAttr(self, s[S_EMPTY_WAITER]);
-    if (waiter == NULL)
-        return NULL;
-    Py_DECREF(waiter);
-    if (waiter != Py_None) {
+    if (f->empty_waiter != NULL && f->empty_waiter != Py_None) {
         PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
         return NULL;
     }
+    PyObject *buffer = f->buffer;
+    if (f->conn_lost || buffer == NULL || !PyByteArray_CheckExact(buffer))
+        return write_fallback(self, cls, s, data);
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
-        return write_fallback(self, cls, data); /* non-contiguous memoryview */
+        return write_fallback(self, cls, s, data); /* non-contiguous memoryview */
     }
-    PyObject *result = NULL, *buffer = NULL;
-    if (view.len == 0) {
+    Py_INCREF(buffer);
+    PyObject *result = NULL;
+    const char *p = view.buf;
+    Py_ssize_t len = view.len;
+    if (len == 0) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    int lost = get_truth(self, s[S_CONN_LOST]);
-    if (lost < 0)
-        goto done;
-    buffer = PyObject_GetAttr(self, s[S_BUFFER]);
-    if (buffer == NULL)
-        goto done;
-    if (lost || !PyByteArray_CheckExact(buffer)) {
-        PyBuffer_Release(&view);
-        Py_DECREF(buffer);
-        return write_fallback(self, cls, data);
-    }
-    const char *p = view.buf;
-    Py_ssize_t len = view.len;
     if (PyByteArray_GET_SIZE(buffer) == 0) {
-        long fd = get_long(self, s[S_SOCK_FD]);
-        if (fd == -1 && PyErr_Occurred())
-            goto done;
-        ssize_t n = send((int)fd, p, (size_t)len, MSG_NOSIGNAL);
+        ssize_t n = send(f->sock_fd, p, (size_t)len, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 PyErr_SetFromErrno(PyExc_OSError);
@@ -349,29 +337,7 @@ static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *ar
         p += n;
         len -= n;
         /* Not all of it went: the writer callback sends the rest when the socket drains. */
-        PyObject *loop = PyObject_GetAttr(self, s[S_LOOP]);
-        if (loop == NULL)
-            goto done;
-        PyObject *cb = PyObject_GetAttr(self, s[S_WRITE_READY]);
-        if (cb == NULL) {
-            Py_DECREF(loop);
-            goto done;
-        }
-        PyObject *fdo = PyLong_FromLong(fd);
-        int r = -1;
-        if (fdo != NULL) {
-            PyObject *a[3] = {loop, fdo, cb};
-            PyObject *h = PyObject_VectorcallMethod(s[S_ADD_WRITER], a,
-                                                    3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            if (h != NULL) {
-                Py_DECREF(h);
-                r = 0;
-            }
-            Py_DECREF(fdo);
-        }
-        Py_DECREF(cb);
-        Py_DECREF(loop);
-        if (r < 0)
+        if (arm_writer(self, s, f) < 0)
             goto done;
     }
     if (append_bytes(buffer, p, len) < 0)
@@ -381,7 +347,7 @@ static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *ar
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&view);
-    Py_XDECREF(buffer);
+    Py_DECREF(buffer);
     return result;
 }
 
@@ -393,21 +359,9 @@ static PyMethodDef tr_methods[] = {
     {NULL},
 };
 
-static PyType_Slot tr_slots[] = {
-    {Py_tp_methods, tr_methods},
-    {0, NULL},
-};
-
-static PyType_Spec tr_spec = {
-    .name = "broomio._engine.AioSocketTransport",
-    .basicsize = 0,
-    /* No Py_TPFLAGS_HAVE_GC here: the type inherits the flag and the traversal from its
-     * Python base, which owns the whole layout (instance dict included). */
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = tr_slots,
-};
-
-/* aio_make_transport_type(base): the C-accelerated subclass of asyncio's socket transport. */
+/* aio_make_transport_type(base): the C-accelerated subclass of asyncio's socket transport.
+ * The layout extends the base's, so the spec is filled in here (on the stack: the type
+ * object keeps copies of what it needs). */
 PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
 {
     if (!PyType_Check(base)) {
@@ -422,5 +376,40 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
                 return NULL;
         }
     }
-    return PyType_FromModuleAndSpec(module, &tr_spec, base);
+    Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
+    off = (off + (Py_ssize_t)_Alignof(tr_fields) - 1) & ~((Py_ssize_t)_Alignof(tr_fields) - 1);
+    if (st->aio_tr_off != 0 && st->aio_tr_off != off) {
+        PyErr_SetString(PyExc_RuntimeError, "aio_make_transport_type(): layout changed");
+        return NULL;
+    }
+#define M(name, type, field) {name, type, off + (Py_ssize_t)offsetof(tr_fields, field), 0, NULL}
+    PyMemberDef members[] = {
+        M("_protocol", T_OBJECT_EX, protocol),
+        M("_loop", T_OBJECT_EX, loop),
+        M("_buffer", T_OBJECT_EX, buffer),
+        M("_empty_waiter", T_OBJECT_EX, empty_waiter),
+        M("_conn_lost", T_PYSSIZET, conn_lost),
+        M("_sock_fd", T_INT, sock_fd),
+        M("_eof", T_BOOL, eof),
+        M("_broomio_buffered", T_BOOL, buffered),
+        {NULL},
+    };
+#undef M
+    PyType_Slot slots[] = {
+        {Py_tp_methods, tr_methods},
+        {Py_tp_members, members},
+        {Py_tp_doc, "asyncio's socket transport with its per-message paths in C."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "broomio._engine.AioSocketTransport",
+        .basicsize = (int)(off + (Py_ssize_t)sizeof(tr_fields)),
+        /* No Py_TPFLAGS_HAVE_GC here: the type inherits the flag and the traversal from its
+         * Python base; that traversal also visits the object members above, as it does a
+         * class's __slots__. */
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = slots,
+    };
+    st->aio_tr_off = off;
+    return PyType_FromModuleAndSpec(module, &spec, base);
 }

@@ -41,8 +41,6 @@ class _SocketTransport(_SocketTransportBase):  # type: ignore[misc]
     connection_lost ordering are asyncio's own); ``_read_ready`` and ``write`` are C.
     """
 
-    _broomio_buffered = False
-
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._broomio_buffered = isinstance(protocol, asyncio.protocols.BufferedProtocol)
         super().set_protocol(protocol)
