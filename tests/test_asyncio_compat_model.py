@@ -88,9 +88,80 @@ def execute(factory, program):
         loop.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(PROGRAM)
 def test_random_callback_programs_match_asyncio(program):
     expected = execute(factory_for("asyncio"), program)
     got = execute(factory_for("broomio"), program)
+    assert got == expected
+
+
+# Steps a task performs, in order:
+#   ("sleep0",)        await asyncio.sleep(0)
+#   ("wait", j)        await future j (skipped if already done)
+#   ("set", j)         set future j's result (if not done)
+#   ("cancel", t)      cancel task t (if it exists)
+#   ("spawn", t)       create task t (if not created yet)
+STEP = st.one_of(
+    st.tuples(st.just("sleep0")),
+    st.tuples(st.just("wait"), st.integers(0, 5)),
+    st.tuples(st.just("set"), st.integers(0, 5)),
+    st.tuples(st.just("cancel"), st.integers(0, 7)),
+    st.tuples(st.just("spawn"), st.integers(0, 7)),
+)
+TASK_PROGRAM = st.lists(st.lists(STEP, max_size=6), min_size=8, max_size=8)
+
+
+def execute_tasks(factory, bodies):
+    loop = factory()
+    log = []
+    futures = [loop.create_future() for _ in range(6)]
+    tasks = {}
+
+    async def body(t):
+        try:
+            for i, step in enumerate(bodies[t]):
+                kind = step[0]
+                if kind == "sleep0":
+                    await asyncio.sleep(0)
+                elif kind == "wait":
+                    if not futures[step[1]].done():
+                        await futures[step[1]]
+                elif kind == "set":
+                    if not futures[step[1]].done():
+                        futures[step[1]].set_result(t)
+                elif kind == "cancel":
+                    if step[1] in tasks:
+                        log.append((t, "cancel", step[1], tasks[step[1]].cancel()))
+                elif kind == "spawn":
+                    if step[1] not in tasks:
+                        tasks[step[1]] = asyncio.ensure_future(body(step[1]))
+                log.append((t, i))
+        except asyncio.CancelledError:
+            log.append((t, "cancelled"))
+            raise
+
+    async def main():
+        tasks[0] = asyncio.ensure_future(body(0))
+        for _ in range(200):  # bounded: waits on never-set futures end here
+            await asyncio.sleep(0)
+            if all(tk.done() for tk in tasks.values()):
+                break
+        for tk in tasks.values():
+            tk.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return sorted((t, tk.cancelled()) for t, tk in tasks.items())
+
+    try:
+        outcome = loop.run_until_complete(main())
+        return log, outcome
+    finally:
+        loop.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TASK_PROGRAM)
+def test_random_task_programs_match_asyncio(bodies):
+    expected = execute_tasks(factory_for("asyncio"), bodies)
+    got = execute_tasks(factory_for("broomio"), bodies)
     assert got == expected
