@@ -493,3 +493,37 @@ def test_write_to_reset_peer_reports_lost_without_handler(aio_loop, caplog):
         lsock.close()
     assert ctxs == []  # connection errors are not "unexpected": no exception handler call
     assert any("socket.send() raised exception." in r.getMessage() for r in caplog.records)
+
+
+def test_data_received_gets_independent_bytes_objects(aio_loop):
+    """Each data_received() argument is a bytes object the protocol may keep: later reads
+    must not overwrite earlier chunks (no shared read buffer leaks out)."""
+    payload = os.urandom(2 << 20)
+
+    class Keeper(asyncio.Protocol):
+        def __init__(self):
+            self.chunks = []
+            self.done = aio_loop.create_future()
+
+        def data_received(self, data):
+            self.chunks.append(data)  # kept as is, not copied
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(Keeper, a)
+            await aio_loop.sock_sendall(b, payload)
+            b.shutdown(socket.SHUT_WR)
+            await proto.done
+            return proto.chunks
+
+        chunks = run(aio_loop, main())
+        assert {type(c) for c in chunks} == {bytes}
+        assert len(chunks) > 1
+        assert b"".join(chunks) == payload
+    finally:
+        a.close()
+        b.close()
