@@ -7,6 +7,8 @@
 
 #include "state.h"
 
+#define AIO_FREE_HANDLES 64
+
 typedef struct {
     double when;
     uint64_t seq;
@@ -37,6 +39,10 @@ typedef struct {
     int fds_cap;
 
     int stopping, closed, debug;
+    /* Plain Handles whose run finished while nobody else held them: their slots are
+     * cleared and they are reused by the next call_soon (see recycle_handle). */
+    PyObject *free_handles[AIO_FREE_HANDLES];
+    int nfree;
     char *scratch; /* the transports' recv buffer, allocated on first use */
     size_t scratch_size;
 } aio_core;

@@ -256,10 +256,15 @@ static PyObject *new_handle(aio_core *c, PyObject *callback, PyObject *args, PyO
     } else {
         ctx = Py_NewRef(context);
     }
-    PyObject *h = tp->tp_alloc(tp, 0);
-    if (h == NULL) {
-        Py_DECREF(ctx);
-        return NULL;
+    PyObject *h;
+    if (when_obj == NULL && c->nfree > 0) {
+        h = c->free_handles[--c->nfree];
+    } else {
+        h = tp->tp_alloc(tp, 0);
+        if (h == NULL) {
+            Py_DECREF(ctx);
+            return NULL;
+        }
     }
     SLOT(h, st, OFF_CALLBACK) = Py_NewRef(callback);
     SLOT(h, st, OFF_ARGS) = Py_NewRef(args);
@@ -273,6 +278,30 @@ static PyObject *new_handle(aio_core *c, PyObject *callback, PyObject *args, PyO
         SLOT(h, st, OFF_WHEN) = Py_NewRef(when_obj);
     }
     return h;
+}
+
+/* Called instead of Py_DECREF once a queued handle has run: a plain Handle that nobody else
+ * references (the usual case: a task step or a future callback) gets its slots cleared --
+ * which releases the callback, its arguments and its context at once, as deallocation
+ * would -- and goes back to the free list, sparing the next call_soon an allocation and
+ * this one a deallocation. */
+static void recycle_handle(aio_core *c, PyObject *h)
+{
+    bro_state *st = c->st;
+    PyTypeObject *tp = Py_TYPE(h);
+    if (Py_REFCNT(h) != 1 || (PyObject *)tp != st->aio_handle_type ||
+        c->nfree == AIO_FREE_HANDLES ||
+        (tp->tp_weaklistoffset > 0 && *(PyObject **)((char *)h + tp->tp_weaklistoffset) != NULL)) {
+        Py_DECREF(h);
+        return;
+    }
+    for (int i = OFF_CALLBACK; i <= OFF_CONTEXT; i++)
+        Py_CLEAR(SLOT(h, st, i));
+    if (c->nfree == AIO_FREE_HANDLES) { /* a destructor above re-entered and filled it */
+        Py_DECREF(h);
+        return;
+    }
+    c->free_handles[c->nfree++] = h;
 }
 
 /* Debug mode: the Python side checks the thread and the callback and builds the handle with
@@ -322,7 +351,8 @@ static int parse_context(PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nk; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "context") != 0) {
+        if (!PyUnicode_Check(name) || PyUnicode_GET_LENGTH(name) != 7 ||
+            PyUnicode_CompareWithASCIIString(name, "context") != 0) {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", fname,
                          name);
             return -1;
@@ -842,7 +872,7 @@ static int run_once(aio_core *c)
             continue;
         }
         int r = run_handle(c, h);
-        Py_DECREF(h);
+        recycle_handle(c, h);
         if (r < 0)
             return -1;
     }
@@ -881,6 +911,10 @@ static void core_clear_all(aio_core *c)
     while (c->heap_len > 0) {
         c->heap_len--;
         Py_DECREF(c->heap[c->heap_len].handle);
+    }
+    while (c->nfree > 0) {
+        PyObject *h = c->free_handles[--c->nfree];
+        Py_DECREF(h);
     }
     for (int fd = 0; fd < c->fds_cap; fd++) {
         Py_CLEAR(c->fds[fd].reader);
@@ -1051,6 +1085,8 @@ static int core_traverse(aio_core *c, visitproc visit, void *arg)
         Py_VISIT(c->ring[(c->ring_head + i) % c->ring_cap]);
     for (Py_ssize_t i = 0; i < c->heap_len; i++)
         Py_VISIT(c->heap[i].handle);
+    for (int i = 0; i < c->nfree; i++)
+        Py_VISIT(c->free_handles[i]);
     for (int fd = 0; fd < c->fds_cap; fd++) {
         Py_VISIT(c->fds[fd].reader);
         Py_VISIT(c->fds[fd].writer);
