@@ -520,3 +520,53 @@ def test_many_connections_at_once(aio_loop):
         return got
 
     assert run(aio_loop, main(), timeout=25) == [b"%04d" % i for i in range(300)]
+
+
+class _Token:
+    """A weak-referenceable argument: tells whether the loop still holds it."""
+
+
+@pytest.mark.parametrize("how", ["soon", "later", "threadsafe", "cancelled", "cancelled_timer"])
+def test_loop_releases_callback_and_args_after_use(aio_loop, how):
+    import weakref
+
+    token = _Token()
+    ref = weakref.ref(token)
+    sink = []
+    if how == "soon":
+        aio_loop.call_soon(sink.append, token)
+    elif how == "later":
+        aio_loop.call_later(0.001, sink.append, token)
+    elif how == "threadsafe":
+        aio_loop.call_soon_threadsafe(sink.append, token)
+    elif how == "cancelled":
+        aio_loop.call_soon(sink.append, token).cancel()
+    else:
+        aio_loop.call_later(0.001, sink.append, token).cancel()
+    del token
+    aio_loop.call_later(0.01, aio_loop.stop)
+    aio_loop.run_forever()
+    sink.clear()
+    aio_loop.call_soon(aio_loop.stop)  # one more iteration, as asyncio drops handles lazily
+    aio_loop.run_forever()
+    gc.collect()
+    assert ref() is None
+
+
+def test_cancelled_handle_state_survives_running(aio_loop):
+    log = []
+    handles = [aio_loop.call_soon(log.append, i) for i in range(5)]
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    # Handles the caller still holds keep their identity and state after they ran...
+    assert [h.cancelled() for h in handles] == [False] * 5
+    for h in handles:
+        h.cancel()
+    assert [h.cancelled() for h in handles] == [True] * 5
+    # ...and new handles are never the old objects while those are alive.
+    new = [aio_loop.call_soon(log.append, i) for i in range(5)]
+    assert not {id(h) for h in new} & {id(h) for h in handles}
+    assert [h.cancelled() for h in new] == [False] * 5
+    aio_loop.call_soon(aio_loop.stop)
+    aio_loop.run_forever()
+    assert log == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
