@@ -986,3 +986,40 @@ def test_asyncio_run_semantics_via_runner_cleans_up(loop_factory):
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
     assert sorted(log) == ["agen closed", "background cancelled"]
+
+
+def test_runner_run_with_context_and_closed_runner(loop_factory):
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "from ctx")
+
+    async def read():
+        return var.get()
+
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    try:
+        assert runner.run(read(), context=ctx) == "from ctx"
+        assert runner.run(read()) == "unset"
+    finally:
+        runner.close()
+    coro = read()
+    with pytest.raises(RuntimeError):
+        runner.run(coro)
+    coro.close()
+
+
+def test_runner_refuses_to_run_inside_running_loop(loop_factory):
+    async def inner():
+        return 1
+
+    async def outer():
+        coro = inner()
+        try:
+            with pytest.raises(RuntimeError):
+                asyncio.Runner(loop_factory=loop_factory).run(coro)
+        finally:
+            coro.close()
+        return "refused"
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(outer()) == "refused"
