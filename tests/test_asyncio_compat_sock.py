@@ -493,3 +493,44 @@ def test_getnameinfo(aio_loop):
                                           socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
 
     assert run(aio_loop, main()) == ("127.0.0.1", "80")
+
+
+def test_remove_reader_after_socket_closed(aio_loop):
+    """Closing a socket before removing its reader (a common shutdown order) is tolerated."""
+    a, b = nonblocking_pair()
+    fd = a.fileno()
+
+    async def main():
+        aio_loop.add_reader(fd, print)
+        aio_loop.add_writer(fd, print)
+        await asyncio.sleep(0)
+        aio_loop.remove_writer(fd)
+        a.close()
+        removed = aio_loop.remove_reader(fd)
+        await asyncio.sleep(0.01)  # the loop keeps polling without the dead fd
+        return removed
+
+    try:
+        assert run(aio_loop, main()) is True
+    finally:
+        b.close()
+
+
+def test_reader_fd_number_reused_after_clean_removal(aio_loop):
+    """remove_reader, close, then a new socket gets the same fd number and a new reader."""
+    async def main():
+        got = []
+        for i in range(3):
+            a, b = nonblocking_pair()
+            fut = aio_loop.create_future()
+            aio_loop.add_reader(a.fileno(), lambda s=a, f=fut: f.done() or f.set_result(s.recv(9)))
+            b.send(b"round %d" % i)
+            got.append((a.fileno(), await fut))
+            aio_loop.remove_reader(a.fileno())
+            a.close()
+            b.close()
+        return got
+
+    got = run(aio_loop, main())
+    assert [data for _, data in got] == [b"round 0", b"round 1", b"round 2"]
+    assert len({fd for fd, _ in got}) == 1  # the same number each time
