@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "index.md",
-        ROOT / "docs" / "migrating.md", ROOT / "README.md"]
+        ROOT / "docs" / "migrating.md", ROOT / "docs" / "asyncio.md", ROOT / "README.md"]
 
 BLOCK = re.compile(
     r"^```python\n(?P<code>.*?)^```\n"                       # a runnable program
