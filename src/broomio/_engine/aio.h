@@ -49,6 +49,6 @@ typedef struct {
 
 /* The loop's scratch receive buffer (at least size bytes), or NULL with an exception if loop
  * is not an AioCore. */
-char *bro_aio_scratch(PyObject *loop, size_t size);
+char *bro_aio_scratch(bro_state *st, PyObject *loop, size_t size);
 
 #endif

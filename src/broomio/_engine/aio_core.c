@@ -68,18 +68,16 @@ static inline double now_monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-char *bro_aio_scratch(PyObject *loop, size_t size)
+char *bro_aio_scratch(bro_state *st, PyObject *loop, size_t size)
 {
-    PyObject *module = PyType_GetModuleByDef(Py_TYPE(loop), &bro_module_def);
-    if (module == NULL)
-        return NULL;
-    bro_state *st = PyModule_GetState(module);
     if (!PyObject_TypeCheck(loop, st->aio_core_type)) {
         PyErr_SetString(PyExc_TypeError, "the transport's loop is not a broomio.asyncio loop");
         return NULL;
     }
     aio_core *c = (aio_core *)loop;
-    if (c->scratch == NULL || c->scratch_size < size) {
+    if (c->scratch_size >= size)
+        return c->scratch;
+    {
         char *p = PyMem_Realloc(c->scratch, size);
         if (p == NULL) {
             PyErr_NoMemory();

@@ -197,7 +197,7 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         result = read_buffered(self, s, f->sock_fd, protocol);
         goto done;
     }
-    char *scratch = bro_aio_scratch(loop, SCRATCH_SIZE);
+    char *scratch = bro_aio_scratch(st, loop, SCRATCH_SIZE);
     if (scratch == NULL)
         goto done;
     ssize_t n = recv(f->sock_fd, scratch, SCRATCH_SIZE, 0);
