@@ -406,7 +406,12 @@ def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
     p = sub.add_parser(
         "aio",
         help="broomio.asyncio vs asyncio and uvloop: echo, call_soon, sleep(0), aiohttp+wrk",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=(
+            "broomio.asyncio vs stock asyncio and uvloop, every run in a fresh process: echo "
+            "servers (asyncio streams and an asyncio Protocol) under the C load generator "
+            "(msgs/s, server CPU per message), call_soon callbacks/s, asyncio.sleep(0)/s, and "
+            "an aiohttp hello world under wrk (requests/s, server CPU per request). Prints one "
+            "Markdown table with speed ratios to uvloop (> 1: better than uvloop)."),
     )
     p.add_argument("--loops", metavar="LIST",
                    help="comma-separated subset of " + ",".join(LOOPS) + " (default: all)")
