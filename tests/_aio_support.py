@@ -85,6 +85,9 @@ def close_loop(loop: asyncio.AbstractEventLoop) -> None:
             t.cancel()
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        # A few more iterations: server-side transports whose peer just closed see the EOF
+        # and close themselves (Python 3.11's Server.wait_closed() does not wait for them).
+        loop.run_until_complete(asyncio.sleep(0.005))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:

@@ -1205,3 +1205,48 @@ def test_tls_write_eof_not_supported_and_half_close_by_peer(aio_loop, pki):
         return can, bytes(proto.data)
 
     assert run(aio_loop, main()) == (False, b"ping")
+
+
+# ---------------------------------------------------------------------------
+# more server shapes
+
+
+def test_create_server_on_several_hosts(aio_loop):
+    async def main():
+        server = await aio_loop.create_server(Echo, ["127.0.0.1", "127.0.0.2"], 0,
+                                              family=socket.AF_INET)
+        addrs = sorted(s.getsockname()[0] for s in server.sockets)
+        replies = []
+        for s in server.sockets:
+            r, w = await asyncio.open_connection(*s.getsockname())
+            w.write(b"hi")
+            replies.append(await r.readexactly(2))
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return addrs, replies
+
+    assert run(aio_loop, main()) == (["127.0.0.1", "127.0.0.2"], [b"hi", b"hi"])
+
+
+def test_unix_server_and_connection_from_sockets(aio_loop):
+    with unix_path() as path:
+        lsock = socket.socket(socket.AF_UNIX)
+        lsock.bind(path)
+
+        async def main():
+            server = await aio_loop.create_unix_server(Echo, sock=lsock)
+            csock = socket.socket(socket.AF_UNIX)
+            csock.connect(path)
+            tr, proto = await aio_loop.create_unix_connection(lambda: Recorder(aio_loop),
+                                                              sock=csock)
+            tr.write(b"sock=")
+            got = await _collect(proto, 5)
+            tr.close()
+            await proto.done
+            server.close()
+            await server.wait_closed()
+            return got
+
+        assert run(aio_loop, main()) == b"sock="
