@@ -1025,3 +1025,13 @@ def test_runner_refuses_to_run_inside_running_loop(loop_factory):
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(outer()) == "refused"
+
+
+def test_set_event_loop_and_get_event_loop(aio_loop):
+    asyncio.set_event_loop(aio_loop)
+    try:
+        assert asyncio.get_event_loop() is aio_loop
+        # The seed's style: get the current loop, then run_until_complete on it.
+        assert asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, "x")) == "x"
+    finally:
+        asyncio.set_event_loop(None)
