@@ -1250,3 +1250,57 @@ def test_unix_server_and_connection_from_sockets(aio_loop):
             return got
 
         assert run(aio_loop, main()) == b"sock="
+
+
+class ViewBuffered(Buffered):
+    """get_buffer() returns a memoryview: asyncio's TLS layer (3.11) fills a bytearray's
+    tail through a slice, i.e. a copy, and loses those bytes; a view is filled in place."""
+
+    def get_buffer(self, sizehint):
+        self.sizes_hint.append(sizehint)
+        return memoryview(self.buf)
+
+
+def test_tls_buffered_protocol_and_flow_control(aio_loop, pki):
+    """A BufferedProtocol behind TLS, and pause/resume_writing on the TLS transport."""
+    events = []
+
+    class FlowRecorder(Recorder):
+        def pause_writing(self):
+            events.append("pause")
+
+        def resume_writing(self):
+            events.append("resume")
+
+    async def main():
+        server = await aio_loop.create_server(Echo, "127.0.0.1", 0, ssl=pki.server_context())
+        port = server.sockets[0].getsockname()[1]
+        tr, proto = await aio_loop.create_connection(
+            lambda: ViewBuffered(aio_loop, size=1000), "127.0.0.1", port,
+            ssl=pki.client_context(), server_hostname="localhost")
+        payload = os.urandom(500_000)
+        tr.write(payload)
+        while len(proto.data) < len(payload):
+            await asyncio.sleep(0.001)
+        tr.close()
+        await proto.done
+
+        tr2, proto2 = await aio_loop.create_connection(
+            lambda: FlowRecorder(aio_loop), "127.0.0.1", port, ssl=pki.client_context(),
+            server_hostname="localhost")
+        tr2.set_write_buffer_limits(high=64 * 1024)
+        tr2.pause_reading()  # the echo comes back slowly: our writes back up
+        for _ in range(64):
+            tr2.write(b"f" * 65536)
+        tr2.resume_reading()
+        while len(proto2.data) < 64 * 65536:
+            await asyncio.sleep(0.001)
+        tr2.close()
+        await proto2.done
+        server.close()
+        await server.wait_closed()
+        return bytes(proto.data) == payload, events
+
+    same, flow = run(aio_loop, main(), timeout=20)
+    assert same
+    assert flow[:1] == ["pause"] and flow[-1] == "resume"
