@@ -527,3 +527,30 @@ def test_data_received_gets_independent_bytes_objects(aio_loop):
     finally:
         a.close()
         b.close()
+
+
+def test_many_small_queued_writes_keep_order(aio_loop):
+    """Thousands of small writes queued behind a full socket are sent in order (writev of
+    queued buffers must not reorder, drop or duplicate any)."""
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            tr, proto = await aio_loop.connect_accepted_socket(lambda: Recorder(aio_loop), a)
+            tr.set_write_buffer_limits(high=1 << 30)  # never pause: queue everything
+            pre = _fill_kernel_buffers(a)
+            expected = bytearray()
+            for i in range(20_000):
+                chunk = b"%d," % i
+                expected += chunk
+                tr.write(chunk if i % 3 else bytearray(chunk))
+            queued = tr.get_write_buffer_size()
+            tr.write_eof()
+            data = await _read_all(aio_loop, b)
+            tr.close()
+            await proto.done
+            return queued == len(expected), data[pre:] == bytes(expected)
+
+        assert run(aio_loop, main()) == (True, True)
+    finally:
+        a.close()
+        b.close()
