@@ -444,3 +444,20 @@ def test_gc_collects_closed_loop() -> None:
     del lp
     gc.collect()
     assert r() is None
+
+
+def test_removed_reader_handle_is_cancelled(any_loop: asyncio.AbstractEventLoop) -> None:
+    a, b = socket.socketpair()
+    handle = any_loop._add_reader(b.fileno(), print, "x")  # type: ignore[attr-defined]
+    assert isinstance(handle, asyncio.Handle) and not handle.cancelled()
+    assert any_loop._remove_reader(b.fileno()) is True  # type: ignore[attr-defined]
+    assert handle.cancelled()
+    assert handle._callback is None and handle._args is None  # type: ignore[attr-defined]
+    any_loop.set_debug(True)
+    h2 = any_loop._add_writer(a.fileno(), print)  # type: ignore[attr-defined]
+    replaced = any_loop._add_writer(a.fileno(), print)  # type: ignore[attr-defined]
+    assert h2.cancelled() and not replaced.cancelled()
+    assert any_loop._remove_writer(a.fileno()) is True  # type: ignore[attr-defined]
+    assert replaced.cancelled()
+    a.close()
+    b.close()

@@ -420,3 +420,90 @@ def test_keyboard_interrupt_cancels_main_under_runner() -> None:
         return "not"
 
     assert both(main) == "cancelled"  # the Runner's SIGINT handler cancelled main()
+
+
+def test_sock_waits_cancel_and_errors() -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        log: list[Any] = []
+        # a waiting recv that is cancelled unregisters its reader
+        t = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            log.append("cancelled")
+        await asyncio.sleep(0)
+        log.append(loop.remove_reader(a))
+        # waiting recv_into, then recv, complete when data arrives
+        buf = bytearray(4)
+        t2 = asyncio.ensure_future(loop.sock_recv_into(a, buf))
+        await asyncio.sleep(0.01)
+        b.send(b"abcdef")
+        log.append(await t2)
+        log.append(bytes(buf))
+        t3 = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        log.append(await t3)
+        # sendall of more than the socket buffer waits for the peer to drain
+        big = b"s" * 2_000_000
+        t4 = asyncio.ensure_future(loop.sock_sendall(a, big))
+        got = 0
+        while got < len(big):
+            try:
+                got += len(b.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        await t4
+        log.append(got)
+        # a waiting sendall that is cancelled, then the peer resets: recv raises
+        t5 = asyncio.ensure_future(loop.sock_sendall(a, big))
+        await asyncio.sleep(0.01)
+        t5.cancel()
+        try:
+            await t5
+        except asyncio.CancelledError:
+            log.append("send-cancelled")
+        await asyncio.sleep(0)
+        log.append(loop.remove_writer(a))
+        t6 = asyncio.ensure_future(loop.sock_recv(b, 10))
+        await asyncio.sleep(0.01)
+        b2 = b
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        a.close()
+        try:
+            data = await t6
+            log.append(("data", len(data) > 0))
+        except OSError as e:
+            log.append(type(e).__name__)
+        b2.close()
+        return log
+
+    res = both(main)
+    assert res[:2] == ["cancelled", False]
+    assert res[2:5] == [4, b"abcd", b"ef"]
+
+
+def test_sock_wait_does_not_remove_a_new_reader() -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        t = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        got = loop.create_future()
+        await asyncio.sleep(0)  # the cancellation's cleanup runs
+        loop.add_reader(a, lambda: got.done() or got.set_result(a.recv(10)))
+        b.send(b"new")
+        res = [await asyncio.wait_for(got, 5)]
+        loop.remove_reader(a)
+        a.close()
+        b.close()
+        return res
+
+    assert both(main) == [b"new"]

@@ -51,4 +51,14 @@ typedef struct {
  * is not an AioCore. */
 char *bro_aio_scratch(bro_state *st, PyObject *loop, size_t size);
 
+/* The loop's fd table, for aio_sock.c: register callback() for a direction of fd (returns
+ * the handle), and unregister it if that direction still holds handle. */
+PyObject *bro_aio_add_io(PyObject *loop, int fd, int writer, PyObject *callback);
+int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle);
+
+/* aio_sock.c */
+PyObject *bro_aio_sock_wait(PyObject *loop, bro_state *st, PyObject *const *args,
+                            Py_ssize_t nargs);
+int bro_aio_sock_init_types(PyObject *module, bro_state *st);
+
 #endif

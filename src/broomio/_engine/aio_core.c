@@ -486,6 +486,22 @@ static PyObject *core_call_later(aio_core *c, PyObject *const *args, Py_ssize_t 
     return h;
 }
 
+static PyObject *core_get_debug(aio_core *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(c->debug);
+}
+
+/* create_future(): asyncio.Future(loop=self), called without a Python frame. */
+static PyObject *core_create_future(aio_core *c, PyObject *Py_UNUSED(ignored))
+{
+    bro_state *st = c->st;
+    if (check_setup(st) < 0)
+        return NULL;
+    PyObject *args[2] = {NULL, (PyObject *)c};
+    return PyObject_Vectorcall(st->aio_future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               st->aio_kw_loop);
+}
+
 static PyObject *core_time(aio_core *Py_UNUSED(c), PyObject *Py_UNUSED(ignored))
 {
     return PyFloat_FromDouble(now_monotonic());
@@ -571,13 +587,53 @@ static int fd_update(aio_core *c, int fd, aio_fd *s, uint32_t events)
     return 0;
 }
 
-static int cancel_handle(PyObject *h)
+/* handle.cancel().  A plain Handle outside debug mode is cancelled here, as Handle.cancel()
+ * does it (flag set, callback and arguments dropped); anything else runs its own cancel(). */
+static int cancel_handle(aio_core *c, PyObject *h)
 {
+    bro_state *st = c->st;
+    if (!c->debug && (PyObject *)Py_TYPE(h) == st->aio_handle_type) {
+        if (SLOT(h, st, OFF_CANCELLED) != Py_True) {
+            set_slot(h, st, OFF_CANCELLED, Py_True);
+            set_slot(h, st, OFF_CALLBACK, Py_None);
+            set_slot(h, st, OFF_ARGS, Py_None);
+        }
+        return 0;
+    }
     PyObject *r = PyObject_CallMethod(h, "cancel", NULL);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+/* Registers callback(*args) for one direction of fd, replacing (and cancelling) what was
+ * there; returns the new handle. */
+static PyObject *add_io_handle(aio_core *c, int fd, int writer, PyObject *callback, PyObject *t)
+{
+    if (check_open(c) < 0)
+        return NULL;
+    PyObject *h = c->debug ? debug_handle(c, "io", callback, t, NULL, NULL)
+                           : new_handle(c, callback, t, NULL, NULL);
+    if (h == NULL)
+        return NULL;
+    aio_fd *s = fd_slot(c, fd, 1);
+    if (s == NULL || fd_update(c, fd, s, s->events | (writer ? EPOLLOUT : EPOLLIN)) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    PyObject **slot = writer ? &s->writer : &s->reader;
+    PyObject *old = *slot;
+    *slot = Py_NewRef(h);
+    if (old != NULL) {
+        int r = cancel_handle(c, old);
+        Py_DECREF(old);
+        if (r < 0) {
+            Py_DECREF(h);
+            return NULL;
+        }
+    }
+    return h;
 }
 
 static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, int writer)
@@ -595,27 +651,18 @@ static PyObject *add_io(aio_core *c, PyObject *const *args, Py_ssize_t nargs, in
     PyObject *t = tuple_from(args + 2, nargs - 2);
     if (t == NULL)
         return NULL;
-    PyObject *h = c->debug ? debug_handle(c, "io", args[1], t, NULL, NULL)
-                           : new_handle(c, args[1], t, NULL, NULL);
+    PyObject *h = add_io_handle(c, fd, writer, args[1], t);
     Py_DECREF(t);
-    if (h == NULL)
+    return h;
+}
+
+PyObject *bro_aio_add_io(PyObject *loop, int fd, int writer, PyObject *callback)
+{
+    PyObject *t = PyTuple_New(0);
+    if (t == NULL)
         return NULL;
-    aio_fd *s = fd_slot(c, fd, 1);
-    if (s == NULL || fd_update(c, fd, s, s->events | (writer ? EPOLLOUT : EPOLLIN)) < 0) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    PyObject **slot = writer ? &s->writer : &s->reader;
-    PyObject *old = *slot;
-    *slot = Py_NewRef(h);
-    if (old != NULL) {
-        int r = cancel_handle(old);
-        Py_DECREF(old);
-        if (r < 0) {
-            Py_DECREF(h);
-            return NULL;
-        }
-    }
+    PyObject *h = add_io_handle((aio_core *)loop, fd, writer, callback, t);
+    Py_DECREF(t);
     return h;
 }
 
@@ -645,9 +692,23 @@ static int remove_io(aio_core *c, int fd, int writer)
         PyErr_Clear(); /* asyncio's selector ignores a failing unregister/modify as well */
     if (old == NULL)
         return 0;
-    int r = cancel_handle(old);
+    int r = cancel_handle(c, old);
     Py_DECREF(old);
     return r < 0 ? -1 : 1;
+}
+
+int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle)
+{
+    aio_core *c = (aio_core *)loop;
+    aio_fd *s = fd_slot(c, fd, 0);
+    if (s == NULL || (writer ? s->writer : s->reader) != handle)
+        return 0;
+    return remove_io(c, fd, writer) < 0 ? -1 : 0;
+}
+
+static PyObject *core_sock_wait(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    return bro_aio_sock_wait((PyObject *)c, c->st, args, nargs);
 }
 
 static PyObject *remove_io_py(aio_core *c, PyObject *fdobj, int writer)
@@ -1035,6 +1096,9 @@ static PyMethodDef core_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))core_call_later, METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None) -> TimerHandle"},
     {"time", (PyCFunction)core_time, METH_NOARGS, "The loop's clock (time.monotonic())."},
+    {"get_debug", (PyCFunction)core_get_debug, METH_NOARGS, "True in debug mode."},
+    {"create_future", (PyCFunction)core_create_future, METH_NOARGS,
+     "A new asyncio.Future attached to this loop."},
     {"_timer_handle_cancelled", (PyCFunction)core_timer_handle_cancelled, METH_O, NULL},
     {"_add_callback", (PyCFunction)core_add_callback, METH_O, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))core_add_reader, METH_FASTCALL, NULL},
@@ -1042,6 +1106,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_reader", (PyCFunction)core_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_key", (PyCFunction)core_fd_key, METH_O, NULL},
+    {"_sock_wait", (PyCFunction)(void (*)(void))core_sock_wait, METH_FASTCALL, NULL},
     {"_fd_list", (PyCFunction)core_fd_list, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)core_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)core_run_until_stopped, METH_NOARGS, NULL},
@@ -1134,14 +1199,17 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-/* aio_setup(Handle, TimerHandle): records asyncio's handle classes and their slot offsets.
+/* aio_setup(Handle, TimerHandle, Future): records asyncio's handle classes and their slot
+ * offsets, and the Future class create_future() makes.
  * Called once by broomio.asyncio at import. */
 PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     bro_state *st = PyModule_GetState(module);
-    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[1], (PyTypeObject *)args[0])) {
-        PyErr_SetString(PyExc_TypeError, "aio_setup(Handle, TimerHandle) expects two classes");
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], (PyTypeObject *)args[0]) ||
+        !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "aio_setup(Handle, TimerHandle, Future) expects three classes");
         return NULL;
     }
     Py_ssize_t off[OFF_COUNT];
@@ -1164,6 +1232,12 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
     memcpy(st->aio_off, off, sizeof(off));
     Py_XSETREF(st->aio_handle_type, Py_NewRef(args[0]));
     Py_XSETREF(st->aio_timer_type, Py_NewRef(args[1]));
+    Py_XSETREF(st->aio_future_type, Py_NewRef(args[2]));
+    if (st->aio_kw_loop == NULL) {
+        st->aio_kw_loop = Py_BuildValue("(s)", "loop");
+        if (st->aio_kw_loop == NULL)
+            return NULL;
+    }
     if (st->aio_str_debug_handle == NULL) {
         st->aio_str_debug_handle = PyUnicode_InternFromString("_broomio_debug_handle");
         st->aio_str_run_debug = PyUnicode_InternFromString("_broomio_run_debug");
@@ -1177,5 +1251,7 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
 
 int bro_aio_init_types(PyObject *module, bro_state *st)
 {
+    if (bro_aio_sock_init_types(module, st) < 0)
+        return -1;
     return bro_module_add_type(module, &core_spec, NULL, &st->aio_core_type);
 }

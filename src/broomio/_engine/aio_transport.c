@@ -41,6 +41,7 @@ typedef struct {
     int sock_fd;
     char eof;
     char buffered;
+    char closing;
 } tr_fields;
 
 static inline tr_fields *F(PyObject *self, bro_state *st)
@@ -351,7 +352,21 @@ done:
     return result;
 }
 
+/* is_closing(): asyncio's streams ask it on every drain(). */
+static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "is_closing() takes no arguments");
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    return PyBool_FromLong(F(self, st)->closing);
+}
+
 static PyMethodDef tr_methods[] = {
+    {"is_closing", (PyCFunction)(void (*)(void))tr_is_closing,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "True if the transport is closing or closed."},
     {"_read_ready", (PyCFunction)(void (*)(void))tr_read_ready,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "The reader callback (C)."},
     {"write", (PyCFunction)(void (*)(void))tr_write, METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
@@ -392,6 +407,7 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
         M("_sock_fd", T_INT, sock_fd),
         M("_eof", T_BOOL, eof),
         M("_broomio_buffered", T_BOOL, buffered),
+        M("_closing", T_BOOL, closing),
         {NULL},
     };
 #undef M

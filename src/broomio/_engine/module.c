@@ -77,7 +77,7 @@ static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *a
 static PyMethodDef module_functions[] = {
     {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
     {"aio_setup", (PyCFunction)(void (*)(void))bro_mod_aio_setup, METH_FASTCALL,
-     "aio_setup(Handle, TimerHandle): asyncio's handle classes, for broomio.asyncio."},
+     "aio_setup(Handle, TimerHandle, Future): asyncio's classes, for broomio.asyncio."},
     {"aio_make_transport_type", (PyCFunction)bro_mod_aio_make_transport_type, METH_O,
      "aio_make_transport_type(base): broomio.asyncio's C-accelerated socket transport class."},
     {"sleep", bro_mod_sleep, METH_O,
@@ -192,8 +192,10 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->conflict_type);
     Py_VISIT(st->stream_type);
     Py_VISIT(st->aio_core_type);
+    Py_VISIT(st->aio_sock_waiter_type);
     Py_VISIT(st->aio_handle_type);
     Py_VISIT(st->aio_timer_type);
+    Py_VISIT(st->aio_future_type);
     for (int i = 0; i < BRO_AIO_TR_STRS; i++)
         Py_VISIT(st->aio_tr_str[i]);
     Py_VISIT(st->Cancelled);
@@ -226,8 +228,11 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->conflict_type);
     Py_CLEAR(st->stream_type);
     Py_CLEAR(st->aio_core_type);
+    Py_CLEAR(st->aio_sock_waiter_type);
     Py_CLEAR(st->aio_handle_type);
     Py_CLEAR(st->aio_timer_type);
+    Py_CLEAR(st->aio_future_type);
+    Py_CLEAR(st->aio_kw_loop);
     Py_CLEAR(st->aio_str_debug_handle);
     Py_CLEAR(st->aio_str_run_debug);
     Py_CLEAR(st->aio_str_callback_error);

@@ -40,11 +40,14 @@ typedef struct {
     PyTypeObject *conflict_type;
     PyTypeObject *stream_type;
     PyTypeObject *aio_core_type;
+    PyTypeObject *aio_sock_waiter_type;
 
     /* broomio.asyncio (aio_core.c): asyncio's Handle and TimerHandle classes, set by
      * aio_setup(), and the offsets of their __slots__. */
     PyObject *aio_handle_type;
     PyObject *aio_timer_type;
+    PyObject *aio_future_type;
+    PyObject *aio_kw_loop; /* ("loop",): create_future()'s keyword names */
     Py_ssize_t aio_off[9];
     PyObject *aio_str_debug_handle;
     PyObject *aio_str_run_debug;

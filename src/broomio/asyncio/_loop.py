@@ -17,6 +17,7 @@ import asyncio.protocols
 import asyncio.selector_events
 import asyncio.unix_events
 import selectors
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +28,7 @@ from .. import _engine
 
 __all__ = ["EventLoop"]
 
-_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle)
+_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle, asyncio.Future)
 
 _SocketTransportBase: Any = _engine.aio_make_transport_type(
     asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
@@ -46,6 +47,7 @@ class _SocketTransport(_SocketTransportBase):  # type: ignore[misc]
         super().set_protocol(protocol)
 
 
+_check_ssl_socket = asyncio.base_events._check_ssl_socket  # type: ignore[attr-defined]
 _logger = asyncio.base_events.logger  # type: ignore[attr-defined]
 _format_handle = asyncio.base_events._format_handle  # type: ignore[attr-defined]
 
@@ -125,6 +127,61 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):
     ) -> asyncio.Transport:
         transport: asyncio.Transport = _SocketTransport(self, sock, protocol, waiter, extra, server)
         return transport
+
+    # ---- sock_* whose waits run in C -------------------------------------------------
+
+    def _sock_checks(self, sock: socket.socket) -> int:
+        _check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:  # type: ignore[attr-defined]
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        return fd
+
+    async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
+        """Receive up to nbytes from a non-blocking socket."""
+        self._sock_checks(sock)
+        try:
+            return sock.recv(nbytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        this: Any = self
+        this._ensure_fd_no_transport(fd)
+        self._sock_wait(fd, fut, 0, nbytes)
+        data: bytes = await fut
+        return data
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        """Receive into buf from a non-blocking socket; the number of bytes received."""
+        self._sock_checks(sock)
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        this: Any = self
+        this._ensure_fd_no_transport(fd)
+        self._sock_wait(fd, fut, 1, buf)
+        nbytes: int = await fut
+        return nbytes
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        """Send all of data on a non-blocking socket."""
+        self._sock_checks(sock)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        fut = self.create_future()
+        fd = sock.fileno()
+        this: Any = self
+        this._ensure_fd_no_transport(fd)
+        self._sock_wait(fd, fut, 2, (data, sent))
+        await fut
 
     def run_forever(self) -> None:
         """Run until stop() is called (the iterations themselves run in C)."""
