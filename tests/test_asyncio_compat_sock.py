@@ -534,3 +534,97 @@ def test_reader_fd_number_reused_after_clean_removal(aio_loop):
     got = run(aio_loop, main())
     assert [data for _, data in got] == [b"round 0", b"round 1", b"round 2"]
     assert len({fd for fd, _ in got}) == 1  # the same number each time
+
+
+def test_sock_recv_zero_and_sendall_empty(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            zero = await aio_loop.sock_recv(a, 0)
+            none = await aio_loop.sock_sendall(b, b"")
+            into = await aio_loop.sock_recv_into(a, bytearray(0))
+            return zero, none, into
+
+        assert run(aio_loop, main()) == (b"", None, 0)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_recv_connection_reset(aio_loop):
+    lsock = tcp_listener()
+    client = socket.socket()
+    client.setblocking(False)
+    try:
+        async def main():
+            await aio_loop.sock_connect(client, lsock.getsockname())
+            conn, _ = await aio_loop.sock_accept(lsock)
+            pending = asyncio.ensure_future(aio_loop.sock_recv(client, 100))
+            await asyncio.sleep(0.01)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            conn.close()  # RST while the receive waits
+            with pytest.raises(ConnectionResetError):
+                await pending
+            return True
+
+        assert run(aio_loop, main())
+    finally:
+        client.close()
+        lsock.close()
+
+
+def test_concurrent_sock_ops_on_many_sockets(aio_loop):
+    """50 socket pairs: a receive pending on each end while the other end sends, both
+    directions at once, several rounds."""
+    pairs = [nonblocking_pair() for _ in range(50)]
+    try:
+        async def echo_round(i, a, b):
+            out = []
+            for r in range(5):
+                msg = b"%d:%d" % (i, r)
+                recv_b = asyncio.ensure_future(aio_loop.sock_recv(b, 100))
+                recv_a = asyncio.ensure_future(aio_loop.sock_recv(a, 100))
+                await asyncio.sleep(0)
+                await asyncio.gather(aio_loop.sock_sendall(a, msg),
+                                     aio_loop.sock_sendall(b, msg[::-1]))
+                out.append((await recv_b, await recv_a))
+            return out
+
+        async def main():
+            return await asyncio.gather(*(echo_round(i, a, b) for i, (a, b) in enumerate(pairs)))
+
+        results = run(aio_loop, main())
+        for i, out in enumerate(results):
+            assert out == [(b"%d:%d" % (i, r), (b"%d:%d" % (i, r))[::-1]) for r in range(5)]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_sock_sendall_cancelled_midway_then_socket_reusable(aio_loop):
+    a, b = nonblocking_pair()
+    try:
+        async def main():
+            big = b"z" * (8 << 20)
+            send = asyncio.ensure_future(aio_loop.sock_sendall(a, big))
+            await asyncio.sleep(0.01)
+            assert not send.done()  # nobody reads: it waits for buffer space
+            send.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await send
+            received = 0
+            while True:  # drain what did go out
+                try:
+                    chunk = b.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                received += len(chunk)
+            await aio_loop.sock_sendall(a, b"after")
+            tail = await aio_loop.sock_recv(b, 100)
+            return 0 < received < len(big), tail
+
+        assert run(aio_loop, main()) == (True, b"after")
+    finally:
+        a.close()
+        b.close()
