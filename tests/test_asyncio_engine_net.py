@@ -507,3 +507,45 @@ def test_sock_wait_does_not_remove_a_new_reader() -> None:
         return res
 
     assert both(main) == [b"new"]
+
+
+def test_sock_ops_on_closed_socket_and_bad_data() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        out = []
+        s = socket.socket()
+        s.setblocking(False)
+        s.close()
+        for op in (lambda: loop.sock_recv(s, 1), lambda: loop.sock_recv_into(s, bytearray(1)),
+                   lambda: loop.sock_sendall(s, b"x")):
+            try:
+                await op()
+            except OSError as e:
+                out.append(type(e).__name__)
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        try:
+            await loop.sock_sendall(a, "text")  # type: ignore[arg-type]
+        except TypeError:
+            out.append("TypeError")
+        await loop.sock_sendall(a, b"")
+        a.close()
+        b.close()
+        return out
+
+    assert both(main) == ["OSError", "OSError", "OSError", "TypeError"]
+
+
+def test_sock_zero_sizes_return_at_once() -> None:
+    async def main() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        res = (await loop.sock_recv(a, 0), await loop.sock_recv_into(a, bytearray(0)),
+               await loop.sock_sendall(b, b""))
+        a.close()
+        b.close()
+        return res
+
+    assert both(main) == (b"", 0, None)

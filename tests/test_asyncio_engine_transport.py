@@ -286,3 +286,69 @@ def test_pause_resume_reading() -> None:
         return log
 
     assert both(main) == [("reading", False), b"held"]
+
+
+def test_transport_protocol_cycle_is_collected() -> None:
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[Any]] = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport  # a cycle through the transport's C _protocol member
+
+    async def main() -> None:
+        tr, pr, b = await pair(P)
+        refs.extend([weakref.ref(tr), weakref.ref(pr)])
+        tr.close()
+        b.close()
+        await asyncio.sleep(0.01)
+
+    bra.run(main())
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_write_ready_paths_eof_and_reset() -> None:
+    async def main() -> list[Any]:
+        log: list[Any] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda lp, ctx: log.append(ctx["message"]))
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                log.append(("lost", type(exc).__name__))
+
+        # queued data, then write_eof: the peer sees all of it, then EOF
+        tr, _, b = await pair(P)
+        tr.write(b"e" * 3_000_000)
+        tr.write_eof()
+        got = 0
+        while True:
+            try:
+                chunk = b.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+                continue
+            if not chunk:
+                break
+            got += len(chunk)
+        log.append(got)
+        tr.close()
+        await asyncio.sleep(0.01)
+        b.close()
+        # queued data, then the peer resets: a fatal write error
+        tr2, _, b2 = await pair(P)
+        tr2.write(b"r" * 3_000_000)
+        b2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        b2.close()
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if len(log) >= 4:
+                break
+        log.append(tr2.get_write_buffer_size())
+        return log
+
+    res = both(main)
+    assert res[0] == 3_000_000 and res[-1] == 0

@@ -59,6 +59,8 @@ int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle);
 /* aio_sock.c */
 PyObject *bro_aio_sock_wait(PyObject *loop, bro_state *st, PyObject *const *args,
                             Py_ssize_t nargs);
+PyObject *bro_aio_sock_call(PyObject *loop, bro_state *st, PyObject *const *args,
+                            Py_ssize_t nargs);
 int bro_aio_sock_init_types(PyObject *module, bro_state *st);
 
 #endif

@@ -340,8 +340,8 @@ static PyObject *tuple_from(PyObject *const *items, Py_ssize_t n)
 }
 
 /* Parses (fixed positionals..., *args, context=None) from a vectorcall. */
-static int parse_context(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                         PyObject **context, const char *fname)
+static int parse_context(bro_state *st, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames, PyObject **context, const char *fname)
 {
     *context = NULL;
     if (kwnames == NULL)
@@ -349,8 +349,9 @@ static int parse_context(PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nk; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!PyUnicode_Check(name) || PyUnicode_GET_LENGTH(name) != 7 ||
-            PyUnicode_CompareWithASCIIString(name, "context") != 0) {
+        /* Keyword names are almost always interned: one pointer test. */
+        if (name != st->aio_str_context &&
+            (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "context") != 0)) {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", fname,
                          name);
             return -1;
@@ -380,7 +381,7 @@ static PyObject *core_call_soon(aio_core *c, PyObject *const *args, Py_ssize_t n
                                 PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(args, nargs, kwnames, &context, "call_soon") < 0)
+    if (parse_context(c->st, args, nargs, kwnames, &context, "call_soon") < 0)
         return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "call_soon() missing required argument 'callback'");
@@ -433,7 +434,7 @@ static PyObject *core_call_at(aio_core *c, PyObject *const *args, Py_ssize_t nar
                               PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(args, nargs, kwnames, &context, "call_at") < 0)
+    if (parse_context(c->st, args, nargs, kwnames, &context, "call_at") < 0)
         return NULL;
     if (nargs < 2) {
         PyErr_SetString(PyExc_TypeError, "call_at() missing required arguments");
@@ -458,7 +459,7 @@ static PyObject *core_call_later(aio_core *c, PyObject *const *args, Py_ssize_t 
                                  PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(args, nargs, kwnames, &context, "call_later") < 0)
+    if (parse_context(c->st, args, nargs, kwnames, &context, "call_later") < 0)
         return NULL;
     if (nargs < 2) {
         PyErr_SetString(PyExc_TypeError, "call_later() missing required arguments");
@@ -704,6 +705,13 @@ int bro_aio_remove_if(PyObject *loop, int fd, int writer, PyObject *handle)
     if (s == NULL || (writer ? s->writer : s->reader) != handle)
         return 0;
     return remove_io(c, fd, writer) < 0 ? -1 : 0;
+}
+
+static PyObject *core_sock_call(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_setup(c->st) < 0)
+        return NULL;
+    return bro_aio_sock_call((PyObject *)c, c->st, args, nargs);
 }
 
 static PyObject *core_sock_wait(aio_core *c, PyObject *const *args, Py_ssize_t nargs)
@@ -1107,6 +1115,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_key", (PyCFunction)core_fd_key, METH_O, NULL},
     {"_sock_wait", (PyCFunction)(void (*)(void))core_sock_wait, METH_FASTCALL, NULL},
+    {"_sock_call", (PyCFunction)(void (*)(void))core_sock_call, METH_FASTCALL, NULL},
     {"_fd_list", (PyCFunction)core_fd_list, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)core_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)core_run_until_stopped, METH_NOARGS, NULL},
@@ -1242,8 +1251,9 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
         st->aio_str_debug_handle = PyUnicode_InternFromString("_broomio_debug_handle");
         st->aio_str_run_debug = PyUnicode_InternFromString("_broomio_run_debug");
         st->aio_str_callback_error = PyUnicode_InternFromString("_broomio_callback_error");
+        st->aio_str_context = PyUnicode_InternFromString("context");
         if (st->aio_str_debug_handle == NULL || st->aio_str_run_debug == NULL ||
-            st->aio_str_callback_error == NULL)
+            st->aio_str_callback_error == NULL || st->aio_str_context == NULL)
             return NULL;
     }
     Py_RETURN_NONE;

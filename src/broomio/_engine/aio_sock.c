@@ -314,6 +314,134 @@ done:
     return result;
 }
 
+/* One non-blocking attempt.  Returns the operation's result, NULL with an exception, or
+ * NULL without one when it would block (sendall: *sent is how far it got). */
+static PyObject *try_now(int fd, int op, Py_ssize_t n, Py_buffer *view, Py_ssize_t *sent)
+{
+    /* Like socket.recv / recv_into, asking for nothing returns at once without a syscall
+     * (recv(2) of 0 bytes would report EAGAIN on an empty socket). */
+    if (op == OP_RECV && n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (op == OP_RECV_INTO && view->len == 0)
+        return PyLong_FromLong(0);
+    if (op == OP_RECV) {
+        PyObject *buf = PyBytes_FromStringAndSize(NULL, n);
+        if (buf == NULL)
+            return NULL;
+        ssize_t got = recv(fd, PyBytes_AS_STRING(buf), (size_t)n, 0);
+        if (got < 0) {
+            int err = errno;
+            Py_DECREF(buf);
+            if (!would_block(err)) {
+                errno = err;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            return NULL;
+        }
+        if (got != n && _PyBytes_Resize(&buf, got) < 0)
+            return NULL;
+        return buf;
+    }
+    if (op == OP_RECV_INTO) {
+        ssize_t got = recv(fd, view->buf, (size_t)view->len, 0);
+        if (got < 0) {
+            if (!would_block(errno))
+                PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        return PyLong_FromSsize_t(got);
+    }
+    while (*sent < view->len) {
+        ssize_t r = send(fd, (char *)view->buf + *sent, (size_t)(view->len - *sent), MSG_NOSIGNAL);
+        if (r < 0) {
+            if (!would_block(errno))
+                PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        *sent += r;
+    }
+    Py_RETURN_NONE;
+}
+
+/* loop._sock_call(fd, op, arg): the operation at once if it does not block (its result, or
+ * its OSError), else a Future that the waiter completes (after asyncio's check that no
+ * transport owns the fd).  op 0: recv(arg bytes), 1: recv_into(arg), 2: sendall(arg). */
+PyObject *bro_aio_sock_call(PyObject *loop, bro_state *st, PyObject *const *args,
+                            Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_sock_call(fd, op, arg) takes 3 arguments");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    long op = PyLong_AsLong(args[1]);
+    if (op == -1 && PyErr_Occurred())
+        return NULL;
+    if (op < OP_RECV || op > OP_SENDALL) {
+        PyErr_SetString(PyExc_ValueError, "_sock_call(): unknown operation");
+        return NULL;
+    }
+    Py_ssize_t n = 0, sent = 0;
+    Py_buffer view;
+    int has_view = 0;
+    if (op == OP_RECV) {
+        n = PyLong_AsSsize_t(args[2]);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        if (n < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+            return NULL;
+        }
+    } else {
+        if (PyObject_GetBuffer(args[2], &view, op == OP_RECV_INTO ? PyBUF_WRITABLE : PyBUF_SIMPLE) <
+            0)
+            return NULL;
+        has_view = 1;
+    }
+    PyObject *r = try_now(fd, (int)op, n, &view, &sent);
+    if (has_view)
+        PyBuffer_Release(&view);
+    if (r != NULL || PyErr_Occurred())
+        return r;
+    /* It would block: wait, as asyncio does, unless a transport owns the fd. */
+    PyObject *fdo = PyLong_FromLong(fd);
+    if (fdo == NULL)
+        return NULL;
+    PyObject *chk = PyObject_CallMethod(loop, "_ensure_fd_no_transport", "O", fdo);
+    if (chk == NULL) {
+        Py_DECREF(fdo);
+        return NULL;
+    }
+    Py_DECREF(chk);
+    PyObject *fargs[2] = {NULL, loop};
+    PyObject *fut = PyObject_Vectorcall(st->aio_future_type, fargs + 1,
+                                        0 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->aio_kw_loop);
+    if (fut == NULL) {
+        Py_DECREF(fdo);
+        return NULL;
+    }
+    PyObject *opo = PyLong_FromLong(op);
+    PyObject *arg = NULL;
+    if (opo != NULL)
+        arg = op == OP_SENDALL ? Py_BuildValue("(On)", args[2], sent) : Py_NewRef(args[2]);
+    PyObject *w = NULL;
+    if (arg != NULL) {
+        PyObject *wargs[4] = {fdo, fut, opo, arg};
+        w = bro_aio_sock_wait(loop, st, wargs, 4);
+    }
+    Py_XDECREF(arg);
+    Py_XDECREF(opo);
+    Py_DECREF(fdo);
+    if (w == NULL) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    Py_DECREF(w);
+    return fut;
+}
+
 int bro_aio_sock_init_types(PyObject *module, bro_state *st)
 {
     PyObject *t = PyType_FromModuleAndSpec(module, &waiter_spec, NULL);

@@ -59,12 +59,19 @@ enum {
     S_WRITE_READY,
     S_MAYBE_PAUSE,
     S_WRITE,
+    S_REMOVE_WRITER,
+    S_MAYBE_RESUME,
+    S_CALL_CONN_LOST,
+    S_SET_RESULT,
+    S_SET_EXCEPTION,
     S_COUNT
 };
 _Static_assert(S_COUNT == BRO_AIO_TR_STRS, "state.h's BRO_AIO_TR_STRS is out of date");
 static const char *const str_names[S_COUNT] = {
     "data_received", "get_buffer",    "buffer_updated",        "_fatal_error", "_read_ready__on_eof",
-    "_add_writer",   "_write_ready",  "_maybe_pause_protocol", "write"};
+    "_add_writer",   "_write_ready",  "_maybe_pause_protocol", "write",
+    "_remove_writer", "_maybe_resume_protocol", "_call_connection_lost", "set_result",
+    "set_exception"};
 
 
 
@@ -352,6 +359,94 @@ done:
     return result;
 }
 
+/* loop._remove_writer(fd) */
+static int remove_writer(PyObject **s, tr_fields *f)
+{
+    PyObject *loop = need(f->loop, "_loop");
+    if (loop == NULL)
+        return -1;
+    PyObject *fdo = PyLong_FromLong(f->sock_fd);
+    if (fdo == NULL)
+        return -1;
+    Py_INCREF(loop);
+    int r = call_method(loop, s[S_REMOVE_WRITER], fdo, NULL);
+    Py_DECREF(loop);
+    Py_DECREF(fdo);
+    return r;
+}
+
+/* _write_ready(): the writer callback -- sends what is queued, as asyncio's does. */
+static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "_write_ready() takes no arguments");
+        return NULL;
+    }
+    bro_state *st = PyType_GetModuleState(cls);
+    PyObject **s = st->aio_tr_str;
+    tr_fields *f = F(self, st);
+    if (f->conn_lost)
+        Py_RETURN_NONE;
+    PyObject *buffer = need(f->buffer, "_buffer");
+    if (buffer == NULL)
+        return NULL;
+    if (!PyByteArray_CheckExact(buffer)) {
+        PyErr_SetString(PyExc_TypeError, "transport _buffer must be a bytearray");
+        return NULL;
+    }
+    Py_INCREF(buffer);
+    PyObject *result = NULL;
+    ssize_t n = send(f->sock_fd, PyByteArray_AS_STRING(buffer),
+                     (size_t)PyByteArray_GET_SIZE(buffer), MSG_NOSIGNAL);
+    if (n < 0 && !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *exc = take_exception();
+        if (exc == NULL)
+            goto done;
+        PyObject *msg = NULL;
+        if (remove_writer(s, f) == 0 && PyByteArray_Resize(buffer, 0) == 0 &&
+            (msg = PyUnicode_FromString("Fatal write error on socket transport")) != NULL &&
+            call_method(self, s[S_FATAL_ERROR], exc, msg) == 0) {
+            PyObject *w = f->empty_waiter;
+            if (w == NULL || w == Py_None || call_method(Py_NewRef(w), s[S_SET_EXCEPTION], exc, NULL) == 0)
+                result = Py_NewRef(Py_None);
+            if (w != NULL && w != Py_None)
+                Py_DECREF(w);
+        }
+        Py_XDECREF(msg);
+        Py_DECREF(exc);
+        goto done;
+    }
+    if (n > 0 && PySequence_DelSlice(buffer, 0, n) < 0)
+        goto done;
+    if (call_method(self, s[S_MAYBE_RESUME], NULL, NULL) < 0) /* may append to the buffer */
+        goto done;
+    if (PyByteArray_GET_SIZE(buffer) == 0) {
+        if (remove_writer(s, f) < 0)
+            goto done;
+        PyObject *w = f->empty_waiter;
+        if (w != NULL && w != Py_None) {
+            Py_INCREF(w);
+            int r = call_method(w, s[S_SET_RESULT], Py_None, NULL);
+            Py_DECREF(w);
+            if (r < 0)
+                goto done;
+        }
+        if (f->closing) {
+            if (call_method(self, s[S_CALL_CONN_LOST], Py_None, NULL) < 0)
+                goto done;
+        } else if (f->eof && shutdown(f->sock_fd, SHUT_WR) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(buffer);
+    return result;
+}
+
 /* is_closing(): asyncio's streams ask it on every drain(). */
 static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -365,6 +460,8 @@ static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *cons
 }
 
 static PyMethodDef tr_methods[] = {
+    {"_write_ready", (PyCFunction)(void (*)(void))tr_write_ready,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "The writer callback (C)."},
     {"is_closing", (PyCFunction)(void (*)(void))tr_is_closing,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "True if the transport is closing or closed."},
     {"_read_ready", (PyCFunction)(void (*)(void))tr_read_ready,

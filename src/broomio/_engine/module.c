@@ -236,6 +236,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->aio_str_debug_handle);
     Py_CLEAR(st->aio_str_run_debug);
     Py_CLEAR(st->aio_str_callback_error);
+    Py_CLEAR(st->aio_str_context);
     for (int i = 0; i < BRO_AIO_TR_STRS; i++)
         Py_CLEAR(st->aio_tr_str[i]);
     Py_CLEAR(st->Cancelled);

@@ -52,8 +52,9 @@ typedef struct {
     PyObject *aio_str_debug_handle;
     PyObject *aio_str_run_debug;
     PyObject *aio_str_callback_error;
+    PyObject *aio_str_context;
     /* Attribute names used by the socket transport's C methods (aio_transport.c). */
-#define BRO_AIO_TR_STRS 9
+#define BRO_AIO_TR_STRS 14
     PyObject *aio_tr_str[BRO_AIO_TR_STRS];
     Py_ssize_t aio_tr_off; /* where the transport's C fields start */
 

@@ -47,6 +47,7 @@ class _SocketTransport(_SocketTransportBase):  # type: ignore[misc]
         super().set_protocol(protocol)
 
 
+_Future = asyncio.Future
 _check_ssl_socket = asyncio.base_events._check_ssl_socket  # type: ignore[attr-defined]
 _logger = asyncio.base_events.logger  # type: ignore[attr-defined]
 _format_handle = asyncio.base_events._format_handle  # type: ignore[attr-defined]
@@ -139,49 +140,34 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):
 
     async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
         """Receive up to nbytes from a non-blocking socket."""
-        self._sock_checks(sock)
-        try:
-            return sock.recv(nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        this: Any = self
-        this._ensure_fd_no_transport(fd)
-        self._sock_wait(fd, fut, 0, nbytes)
-        data: bytes = await fut
+        fd = self._sock_checks(sock)
+        if fd < 0:  # closed: asyncio's path raises the same error as the socket would
+            return await super().sock_recv(sock, nbytes)
+        r: Any = self._sock_call(fd, 0, nbytes)
+        if type(r) is _Future:
+            r = await r
+        data: bytes = r
         return data
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive into buf from a non-blocking socket; the number of bytes received."""
-        self._sock_checks(sock)
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        this: Any = self
-        this._ensure_fd_no_transport(fd)
-        self._sock_wait(fd, fut, 1, buf)
-        nbytes: int = await fut
+        fd = self._sock_checks(sock)
+        if fd < 0:
+            return await super().sock_recv_into(sock, buf)
+        r: Any = self._sock_call(fd, 1, buf)
+        if type(r) is _Future:
+            r = await r
+        nbytes: int = r
         return nbytes
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data on a non-blocking socket."""
-        self._sock_checks(sock)
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent == len(data):
-            return
-        fut = self.create_future()
-        fd = sock.fileno()
-        this: Any = self
-        this._ensure_fd_no_transport(fd)
-        self._sock_wait(fd, fut, 2, (data, sent))
-        await fut
+        fd = self._sock_checks(sock)
+        if fd < 0:
+            return await super().sock_sendall(sock, data)
+        r: Any = self._sock_call(fd, 2, data)
+        if type(r) is _Future:
+            await r
 
     def run_forever(self) -> None:
         """Run until stop() is called (the iterations themselves run in C)."""
