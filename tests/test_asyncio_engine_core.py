@@ -461,3 +461,67 @@ def test_removed_reader_handle_is_cancelled(any_loop: asyncio.AbstractEventLoop)
     assert replaced.cancelled()
     a.close()
     b.close()
+
+
+def test_create_task_variants() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("v", default="d")
+
+    def scenario(lp: asyncio.AbstractEventLoop) -> list[Any]:
+        out: list[Any] = []
+
+        async def job(x: int) -> int:
+            out.append(var.get())
+            return x * 2
+
+        t = lp.create_task(job(1), name="first")
+        out.append((type(t) is asyncio.Task, t.get_name(), t.get_loop() is lp))
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+        t2 = lp.create_task(job(2), context=ctx)
+        out.append(lp.run_until_complete(asyncio.gather(t, t2)))
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:
+            out.append(("factory", sorted(kw)))
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        lp.set_task_factory(factory)
+        t3 = lp.create_task(job(3), name="named")
+        out.append((t3.get_name(), lp.run_until_complete(t3)))
+        lp.set_task_factory(None)
+        lp.set_debug(True)
+        t4 = lp.create_task(job(4))
+        tb = t4._source_traceback  # type: ignore[attr-defined]
+        out.append(tb[-1].name)
+        out.append(lp.run_until_complete(t4))
+        c5 = job(5)
+        with pytest.raises(TypeError):
+            lp.create_task(c5, bogus=1)  # type: ignore[call-arg]
+        c5.close()
+        lp.close()
+        coro = job(6)
+        with pytest.raises(RuntimeError):
+            lp.create_task(coro)
+        coro.close()
+        return out
+
+    res = both(scenario)
+    assert res[0] == (True, "first", True) and res[-1] == 8 and res[-3] == "scenario"
+
+
+def test_sigint_while_blocked_in_poll(any_loop: asyncio.AbstractEventLoop) -> None:
+    import os
+    import signal
+
+    def later() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    th = threading.Thread(target=later)
+    any_loop.call_later(5, any_loop.stop)  # the loop sleeps in the poller meanwhile
+    th.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            any_loop.run_forever()
+    finally:
+        th.join()
+    assert not any_loop.is_running()

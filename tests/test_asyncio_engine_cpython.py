@@ -40,7 +40,8 @@ RUNNER = textwrap.dedent(
 )
 
 MODULES = ["test_events", "test_streams", "test_sock_lowlevel", "test_buffered_proto",
-           "test_sslproto", "test_server", "test_sendfile", "test_subprocess", "test_tasks"]
+           "test_sslproto", "test_server", "test_sendfile", "test_subprocess", "test_tasks",
+           "test_unix_events"]
 
 
 @pytest.mark.slow

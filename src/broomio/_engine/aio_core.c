@@ -503,6 +503,49 @@ static PyObject *core_create_future(aio_core *c, PyObject *Py_UNUSED(ignored))
                                st->aio_kw_loop);
 }
 
+/* create_task(coro, *, name=None, context=None).  The common case -- no task factory, not
+ * in debug mode -- calls asyncio.Task directly; the rest is asyncio's own code
+ * (BaseEventLoop.create_task through _broomio_create_task). */
+static PyObject *core_create_task(aio_core *c, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    bro_state *st = c->st;
+    if (check_setup(st) < 0)
+        return NULL;
+    PyObject *name = Py_None, *context = Py_None;
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    int fast = nargs == 1 && !c->debug;
+    for (Py_ssize_t i = 0; i < nk && fast; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (k == st->aio_str_context)
+            context = args[nargs + i];
+        else if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, "name") == 0)
+            name = args[nargs + i];
+        else
+            fast = 0;
+    }
+    if (fast) {
+        if (check_open(c) < 0)
+            return NULL;
+        PyObject *factory = PyObject_GetAttr((PyObject *)c, st->aio_str_task_factory);
+        if (factory == NULL)
+            return NULL;
+        Py_DECREF(factory);
+        fast = factory == Py_None;
+    }
+    if (!fast) {
+        PyObject *m = PyObject_GetAttr((PyObject *)c, st->aio_str_py_create_task);
+        if (m == NULL)
+            return NULL;
+        PyObject *r = PyObject_Vectorcall(m, args, (size_t)nargs, kwnames);
+        Py_DECREF(m);
+        return r;
+    }
+    PyObject *targs[5] = {NULL, args[0], (PyObject *)c, name, context};
+    return PyObject_Vectorcall(st->aio_task_type, targs + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               st->aio_kw_task);
+}
+
 static PyObject *core_time(aio_core *Py_UNUSED(c), PyObject *Py_UNUSED(ignored))
 {
     return PyFloat_FromDouble(now_monotonic());
@@ -1105,6 +1148,8 @@ static PyMethodDef core_methods[] = {
      "call_later(delay, callback, *args, context=None) -> TimerHandle"},
     {"time", (PyCFunction)core_time, METH_NOARGS, "The loop's clock (time.monotonic())."},
     {"get_debug", (PyCFunction)core_get_debug, METH_NOARGS, "True in debug mode."},
+    {"create_task", (PyCFunction)(void (*)(void))core_create_task, METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None) -> Task"},
     {"create_future", (PyCFunction)core_create_future, METH_NOARGS,
      "A new asyncio.Future attached to this loop."},
     {"_timer_handle_cancelled", (PyCFunction)core_timer_handle_cancelled, METH_O, NULL},
@@ -1208,17 +1253,17 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
-/* aio_setup(Handle, TimerHandle, Future): records asyncio's handle classes and their slot
- * offsets, and the Future class create_future() makes.
+/* aio_setup(Handle, TimerHandle, Future, Task): records asyncio's handle classes and their
+ * slot offsets, and the Future and Task classes create_future() / create_task() make.
  * Called once by broomio.asyncio at import. */
 PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     bro_state *st = PyModule_GetState(module);
-    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+    if (nargs != 4 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
         !PyType_IsSubtype((PyTypeObject *)args[1], (PyTypeObject *)args[0]) ||
-        !PyCallable_Check(args[2])) {
+        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
         PyErr_SetString(PyExc_TypeError,
-                        "aio_setup(Handle, TimerHandle, Future) expects three classes");
+                        "aio_setup(Handle, TimerHandle, Future, Task) expects four classes");
         return NULL;
     }
     Py_ssize_t off[OFF_COUNT];
@@ -1242,9 +1287,14 @@ PyObject *bro_mod_aio_setup(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_XSETREF(st->aio_handle_type, Py_NewRef(args[0]));
     Py_XSETREF(st->aio_timer_type, Py_NewRef(args[1]));
     Py_XSETREF(st->aio_future_type, Py_NewRef(args[2]));
+    Py_XSETREF(st->aio_task_type, Py_NewRef(args[3]));
     if (st->aio_kw_loop == NULL) {
         st->aio_kw_loop = Py_BuildValue("(s)", "loop");
-        if (st->aio_kw_loop == NULL)
+        st->aio_kw_task = Py_BuildValue("(sss)", "loop", "name", "context");
+        st->aio_str_task_factory = PyUnicode_InternFromString("_task_factory");
+        st->aio_str_py_create_task = PyUnicode_InternFromString("_broomio_create_task");
+        if (st->aio_kw_loop == NULL || st->aio_kw_task == NULL ||
+            st->aio_str_task_factory == NULL || st->aio_str_py_create_task == NULL)
             return NULL;
     }
     if (st->aio_str_debug_handle == NULL) {

@@ -13,6 +13,11 @@
  *                recv() into it, then buffer_updated().
  *   write        when nothing is queued, send() at once; only the unsent tail goes to the
  *                buffer (and the writer callback is armed), as asyncio does.
+ *   _write_ready the writer callback: one send() of the whole queued bytearray (asyncio
+ *                3.11 queues into one bytearray, so this is what writev would do), then the
+ *                same bookkeeping as asyncio's (resume the protocol, finish a close or a
+ *                write_eof once the buffer is empty, fatal error on a failed send).
+ *   is_closing   asked by every StreamWriter.drain().
  *
  * State stays in the instance's attributes (_buffer, _conn_lost, _eof, ...), which the
  * inherited Python methods read and write; so the C code reads them through getattr too.
@@ -392,8 +397,13 @@ static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *con
     if (buffer == NULL)
         return NULL;
     if (!PyByteArray_CheckExact(buffer)) {
-        PyErr_SetString(PyExc_TypeError, "transport _buffer must be a bytearray");
-        return NULL;
+        /* Not the bytearray of asyncio 3.11 (3.12 queues a deque): asyncio's own method. */
+        PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE_READY]);
+        if (m == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(m, self);
+        Py_DECREF(m);
+        return r;
     }
     Py_INCREF(buffer);
     PyObject *result = NULL;

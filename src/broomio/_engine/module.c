@@ -77,7 +77,7 @@ static PyObject *mod_write_unraisable(PyObject *Py_UNUSED(m), PyObject *const *a
 static PyMethodDef module_functions[] = {
     {"_write_unraisable", (PyCFunction)(void (*)(void))mod_write_unraisable, METH_FASTCALL, NULL},
     {"aio_setup", (PyCFunction)(void (*)(void))bro_mod_aio_setup, METH_FASTCALL,
-     "aio_setup(Handle, TimerHandle, Future): asyncio's classes, for broomio.asyncio."},
+     "aio_setup(Handle, TimerHandle, Future, Task): asyncio's classes, for broomio.asyncio."},
     {"aio_make_transport_type", (PyCFunction)bro_mod_aio_make_transport_type, METH_O,
      "aio_make_transport_type(base): broomio.asyncio's C-accelerated socket transport class."},
     {"sleep", bro_mod_sleep, METH_O,
@@ -196,6 +196,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->aio_handle_type);
     Py_VISIT(st->aio_timer_type);
     Py_VISIT(st->aio_future_type);
+    Py_VISIT(st->aio_task_type);
     for (int i = 0; i < BRO_AIO_TR_STRS; i++)
         Py_VISIT(st->aio_tr_str[i]);
     Py_VISIT(st->Cancelled);
@@ -233,6 +234,10 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->aio_timer_type);
     Py_CLEAR(st->aio_future_type);
     Py_CLEAR(st->aio_kw_loop);
+    Py_CLEAR(st->aio_task_type);
+    Py_CLEAR(st->aio_kw_task);
+    Py_CLEAR(st->aio_str_task_factory);
+    Py_CLEAR(st->aio_str_py_create_task);
     Py_CLEAR(st->aio_str_debug_handle);
     Py_CLEAR(st->aio_str_run_debug);
     Py_CLEAR(st->aio_str_callback_error);

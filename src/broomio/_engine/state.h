@@ -47,6 +47,10 @@ typedef struct {
     PyObject *aio_handle_type;
     PyObject *aio_timer_type;
     PyObject *aio_future_type;
+    PyObject *aio_task_type;
+    PyObject *aio_kw_task; /* ("loop", "name", "context") */
+    PyObject *aio_str_task_factory;
+    PyObject *aio_str_py_create_task;
     PyObject *aio_kw_loop; /* ("loop",): create_future()'s keyword names */
     Py_ssize_t aio_off[9];
     PyObject *aio_str_debug_handle;

@@ -28,7 +28,7 @@ from .. import _engine
 
 __all__ = ["EventLoop"]
 
-_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle, asyncio.Future)
+_engine.aio_setup(asyncio.events.Handle, asyncio.events.TimerHandle, asyncio.Future, asyncio.Task)
 
 _SocketTransportBase: Any = _engine.aio_make_transport_type(
     asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
@@ -216,6 +216,15 @@ class EventLoop(_engine.AioCore, asyncio.unix_events._UnixSelectorEventLoop):
         if tb:
             del tb[-1]
         return handle
+
+    def _broomio_create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """create_task() with a task factory or in debug mode: asyncio's own code."""
+        task = asyncio.unix_events._UnixSelectorEventLoop.create_task(self, coro, **kwargs)
+        this: Any = self
+        tb = getattr(task, "_source_traceback", None)
+        if this._task_factory is None and tb:
+            del tb[-1]  # this frame: the traceback ends where create_task() was called
+        return task
 
     def _broomio_run_debug(self, handle: asyncio.Handle) -> None:
         """Debug mode: run a callback, timing it against slow_callback_duration."""
