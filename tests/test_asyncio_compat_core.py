@@ -1035,3 +1035,21 @@ def test_set_event_loop_and_get_event_loop(aio_loop):
         assert asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, "x")) == "x"
     finally:
         asyncio.set_event_loop(None)
+
+
+def test_shutdown_default_executor_waits_for_running_jobs(aio_loop):
+    finished = threading.Event()
+
+    def job():
+        time.sleep(0.05)
+        finished.set()
+
+    async def main():
+        fut = aio_loop.run_in_executor(None, job)
+        await asyncio.sleep(0)
+        await aio_loop.shutdown_default_executor()
+        done_at_shutdown = finished.is_set()
+        await fut
+        return done_at_shutdown
+
+    assert run(aio_loop, main()) is True
