@@ -15,6 +15,10 @@ Subcommands:
   processes), N concurrent connections (default 10,000) exchanging CRC-checked
   random-size messages for a duration; exits non-zero on any error, lost byte
   or RSS growth beyond the bound (see ``benchmarks/soak.py``).
+* ``aio`` -- the asyncio face: ``broomio.asyncio`` vs stock asyncio and uvloop (echo
+  with asyncio streams and a Protocol under the C load generator, call_soon throughput,
+  ``asyncio.sleep(0)`` rate, an aiohttp hello world under ``wrk``); one table, ratios
+  to uvloop.
 * ``report`` (the default: plain ``python -m benchmarks``) -- ``micro`` and
   ``sync`` in one run, written to ``benchmarks/results/`` (or ``--out DIR``) as
   a Markdown table (``benchmarks.md``), a PNG bar chart of the speed-ups over
@@ -38,7 +42,7 @@ from typing import Any
 
 from types import ModuleType
 
-from . import echo, micro, soak, sync, threads
+from . import aio, echo, micro, soak, sync, threads
 from ._build import BuildError, build_c_program
 from ._process import signals_raise
 from ._runner import Aggregate, machine_info, run_child
@@ -516,9 +520,13 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_aio(sub: Any) -> None:
+    aio.add_parser(sub, aio.run_command)
+
+
 #: Sub-parser registrations, one per suite.
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_micro, _add_sync, _add_threads, _add_echo,
-                                            _add_soak, _add_report]
+                                            _add_soak, _add_aio, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

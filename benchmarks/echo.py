@@ -224,13 +224,17 @@ def make_record(server: str, size: int, cfg: EchoConfig, lg: dict[str, Any],
     }
 
 
-def run_case(server: str, size: int, cfg: EchoConfig, loadgen: Path) -> tuple[ChildOutcome, bool]:
+def run_case(server: str, size: int, cfg: EchoConfig, loadgen: Path,
+             spec: ServerSpec | None = None) -> tuple[ChildOutcome, bool]:
     """One run: fresh server, one loadgen run, server stopped.
 
-    Returns the outcome and whether the server failed to *start* (then the
-    other sizes of this server need not be tried).
+    ``spec`` overrides the :data:`SERVERS` entry called ``server`` (other suites,
+    e.g. ``benchmarks.aio``, run their own servers through this).  Returns the
+    outcome and whether the server failed to *start* (then the other sizes of
+    this server need not be tried).
     """
-    spec = SERVERS[server]
+    if spec is None:
+        spec = SERVERS[server]
     t0 = time.perf_counter()
     try:
         cmd = spec.command()

@@ -1,7 +1,7 @@
-"""asyncio / uvloop echo servers: streams or Protocol API.
+"""asyncio / uvloop / broomio.asyncio echo servers: streams or Protocol API.
 
 usage: python -m benchmarks.servers.asyncio_echo --port PORT
-           [--api streams|protocol] [--loop asyncio|uvloop]
+           [--api streams|protocol] [--loop asyncio|uvloop|broomio]
 
 * ``streams``: one task per connection,
   ``data = await reader.read(65536); writer.write(data); await writer.drain()``.
@@ -22,6 +22,23 @@ from typing import cast
 HOST = "127.0.0.1"
 BACKLOG = 1024
 READ_SIZE = 65536
+
+
+#: The event loops a server can run on (``--loop``).
+LOOPS = ("asyncio", "uvloop", "broomio")
+
+
+def loop_factory_for(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``asyncio.Runner`` loop factory of ``--loop NAME`` (None: stock asyncio)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if name == "broomio":
+        import broomio.asyncio
+
+        return broomio.asyncio.new_event_loop
+    return None
 
 
 async def handle_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,13 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="asyncio/uvloop TCP echo server on 127.0.0.1.")
     parser.add_argument("--port", type=int, required=True, help="port (0: any free port)")
     parser.add_argument("--api", choices=("streams", "protocol"), default="streams")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     args = parser.parse_args(argv)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
+    loop_factory = loop_factory_for(args.loop)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(serve(args.port, args.api))
     return 0
