@@ -33,7 +33,8 @@ RSS_SLACK = 4 * 1024 * 1024
 
 PRELUDE = """
 import gc, json, os, sys
-import broomio, broomio.socket as bsocket
+import asyncio
+import broomio, broomio.socket as bsocket, broomio.asyncio as aio
 import broomio._engine as engine
 from broomio import lowlevel
 
@@ -75,6 +76,9 @@ SYNC: dict[str, str] = {
     "CancelScope": "s = engine.CancelScope(deadline=1e9); s.cancel(); del s",
     "LoopCore": "lp = broomio.Loop(); lp.close(); del lp",
     "SocketCore": "s = bsocket.socket(); s.fileno(); s.close(); del s",
+    "AioCore": (
+        "lp = aio.new_event_loop(); lp.call_soon(int); lp.call_later(1, int).cancel()\n"
+        "lp.run_until_complete(asyncio.sleep(0)); lp.close(); del lp"),
 }
 ASYNC: dict[str, str] = {
     "Lock": "lk = engine.Lock(); lk.acquire_nowait(); lk.release()\nasync with lk:\n    pass",
@@ -87,6 +91,10 @@ ASYNC: dict[str, str] = {
     "SocketOperation": (
         "op = A.recv(10); op.close(); del op\n"
         "await A.send_all(b'x'); await B.recv(10)"),
+    "DebugAwaitable": (
+        "if i == 0:\n    broomio.current_loop().debug = True\n"
+        "ev = engine.Event(); ev.set(); w = ev.wait()\n"
+        "assert type(w) is engine.DebugAwaitable\nawait w; del w"),
     "StreamCore": (
         "a, b = bsocket.socketpair(); sa, sb = broomio.SocketStream(a), broomio.SocketStream(b)\n"
         "await sa.send_all(b'ping'); await sb.receive_some(10)\n"
