@@ -6,6 +6,7 @@ import array
 import errno
 import hashlib
 import os
+import sys
 import random
 import resource
 import socket as stdlib_socket
@@ -205,6 +206,30 @@ def test_large_recv_beyond_scratch_buffer():
                     assert chunk
                     got += chunk
             assert bytes(got) == payload
+
+    run(main)
+
+
+def test_recv_switches_between_scratch_and_direct_reads():
+    """Large receives read straight into the result, small ones through the scratch buffer:
+    whichever path a receive takes, it returns exactly the bytes sent, in an exact-size
+    object (a direct read of up to 64 KiB is shrunk, never returned oversized)."""
+    sizes = [100, 20_000, 16_384, 3, 5_000, 64, 40_000, 1, 4_096, 4_095, 10]
+
+    async def main():
+        client, server = await tcp_pair()
+        with client, server:
+            for size in sizes:
+                payload = os.urandom(size)
+                await client.send_all(payload)
+                got = bytearray()
+                while len(got) < size:
+                    chunk = await server.recv(65536)
+                    assert chunk
+                    # An exact-size bytes object: its memory is its length plus the header.
+                    assert sys.getsizeof(chunk) < len(chunk) + 64
+                    got += chunk
+                assert bytes(got) == payload
 
     run(main)
 
