@@ -17,6 +17,7 @@ import argparse
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]
@@ -104,7 +105,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=20000, help="ping-pong round trips")
     args = parser.parse_args()
-    runners = {
+    # (run function, library module, stream factory); typed loosely: the three differ.
+    runners: dict[str, tuple[Callable[..., Any], Any, Any]] = {
         "broomio": (broomio.run, broomio, broomio.FdStream),
         "python": (broomio.run, broomio, PythonFdStream),
         "trio": (trio.run, trio, trio.lowlevel.FdStream),
