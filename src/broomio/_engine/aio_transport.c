@@ -187,14 +187,22 @@ static PyObject *need(PyObject *v, const char *name)
     return v;
 }
 
+/* The argument check of the METH_METHOD methods below (they take that calling convention
+ * only to reach the module state through their defining class). */
+static int no_args(const char *name, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs == 0 && kwnames == NULL)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes no arguments", name);
+    return -1;
+}
+
 /* _read_ready(): the reader callback. */
 static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 0 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "_read_ready() takes no arguments");
+    if (no_args("_read_ready", nargs, kwnames) < 0)
         return NULL;
-    }
     bro_state *st = PyType_GetModuleState(cls);
     PyObject **s = st->aio_tr_str;
     tr_fields *f = F(self, st);
@@ -384,10 +392,8 @@ static int remove_writer(PyObject **s, tr_fields *f)
 static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 0 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "_write_ready() takes no arguments");
+    if (no_args("_write_ready", nargs, kwnames) < 0)
         return NULL;
-    }
     bro_state *st = PyType_GetModuleState(cls);
     PyObject **s = st->aio_tr_str;
     tr_fields *f = F(self, st);
@@ -461,10 +467,8 @@ done:
 static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 0 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "is_closing() takes no arguments");
+    if (no_args("is_closing", nargs, kwnames) < 0)
         return NULL;
-    }
     bro_state *st = PyType_GetModuleState(cls);
     return PyBool_FromLong(F(self, st)->closing);
 }
