@@ -352,3 +352,158 @@ def test_write_ready_paths_eof_and_reset() -> None:
 
     res = both(main)
     assert res[0] == 3_000_000 and res[-1] == 0
+
+
+# ---- large receives read straight into the result; max_size -------------------------------
+
+
+class _Collect(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.events: list[Any] = []
+
+    def data_received(self, data: bytes) -> None:
+        assert type(data) is bytes
+        self.chunks.append(data)
+
+    def eof_received(self) -> None:
+        self.events.append("eof")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", type(exc).__name__))
+
+
+async def _feed(b: socket.socket, pr: _Collect, payload: bytes) -> None:
+    """Sends payload and waits (bounded) until the protocol has all of it."""
+    want = sum(map(len, pr.chunks)) + len(payload)
+    await asyncio.get_running_loop().sock_sendall(b, payload)
+    for _ in range(500):
+        if sum(map(len, pr.chunks)) >= want:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("data did not arrive")
+
+
+def _pattern(n: int, seed: int) -> bytes:
+    return bytes((i * 7 + seed) & 0xFF for i in range(n))
+
+
+def test_reads_switch_between_scratch_and_direct_in_order() -> None:
+    """Alternating small and large messages cross the scratch/direct switch both ways: every
+    byte arrives once, in order, in bytes objects no larger than max_size."""
+    sizes = [10, 5000, 3, 4096, 4095, 70_000, 1, 300_000, 64, 16_384, 16_384, 2, 600_000, 7]
+
+    async def main() -> list[Any]:
+        tr, pr, b = await pair(_Collect)
+        sent = b""
+        for i, n in enumerate(sizes):
+            chunk = _pattern(n, i)
+            sent += chunk
+            await _feed(b, pr, chunk)
+        got = b"".join(pr.chunks)
+        biggest = max(map(len, pr.chunks))
+        tr.close()
+        b.close()
+        return [got == sent, len(got), biggest <= 256 * 1024, tr.max_size]
+
+    assert both(main) == [True, sum(sizes), True, 256 * 1024]
+
+
+def test_max_size_instance_override() -> None:
+    async def main() -> list[Any]:
+        tr, pr, b = await pair(_Collect)
+        res: list[Any] = [tr.max_size]  # type: ignore[attr-defined]
+        tr.max_size = 1000  # type: ignore[attr-defined]
+        res.append(tr.max_size)  # type: ignore[attr-defined]
+        payload = _pattern(10_000, 1) + _pattern(50_000, 2)
+        await _feed(b, pr, payload[:10_000])
+        await _feed(b, pr, payload[10_000:])
+        res += [b"".join(pr.chunks) == payload, max(map(len, pr.chunks))]
+        del tr.max_size  # type: ignore[attr-defined]
+        res.append(tr.max_size)  # type: ignore[attr-defined]
+        pr.chunks.clear()
+        await _feed(b, pr, _pattern(200_000, 3))
+        res.append(max(map(len, pr.chunks)) > 1000)
+        tr.close()
+        b.close()
+        return res
+
+    assert both(main) == [256 * 1024, 1000, True, 1000, 256 * 1024, True]
+
+
+def test_max_size_class_override() -> None:
+    """A subclass's class attribute is what recv() asks for, as with asyncio's transport."""
+
+    async def main() -> list[Any]:
+        tr, pr, b = await pair(_Collect)
+        Small = type("Small", (type(tr),), {"max_size": 700})
+        tr.__class__ = Small
+        await _feed(b, pr, _pattern(20_000, 5))
+        await _feed(b, pr, _pattern(9, 6))
+        res = [b"".join(pr.chunks) == _pattern(20_000, 5) + _pattern(9, 6),
+               max(map(len, pr.chunks)), tr.max_size]  # type: ignore[attr-defined]
+        tr.close()
+        b.close()
+        return res
+
+    assert both(main) == [True, 700, 700]
+
+
+@pytest.mark.parametrize("value", [0, -1, "big"])
+def test_max_size_odd_values_behave_like_asyncio(value: Any) -> None:
+    """max_size 0 reads b'' (seen as EOF), a negative one or a str fails the recv(): asyncio's
+    own method runs and decides."""
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        log: list[Any] = []
+        loop.set_exception_handler(lambda lp, ctx: log.append(ctx["message"]))
+        tr, pr, b = await pair(_Collect)
+        tr.max_size = value  # type: ignore[attr-defined]
+        log.append(tr.max_size)  # type: ignore[attr-defined]
+        b.send(b"data")
+        await asyncio.sleep(0.02)
+        tr.close()
+        await asyncio.sleep(0.01)
+        b.close()
+        return log + pr.chunks + pr.events
+
+    res = both(main)
+    assert res[0] == value and b"data" not in res
+
+
+def test_buffered_protocol_ignores_max_size_and_direct_reads() -> None:
+    """A BufferedProtocol reads into its own buffer whatever max_size says, as asyncio's does."""
+
+    async def main() -> list[Any]:
+        got = bytearray()
+        sizes: list[int] = []
+
+        class P(asyncio.BufferedProtocol):
+            buf = bytearray(100_000)
+
+            def get_buffer(self, sizehint: int) -> bytearray:
+                sizes.append(sizehint)
+                return self.buf
+
+            def buffer_updated(self, nbytes: int) -> None:
+                got.extend(self.buf[:nbytes])
+
+        tr, _, b = await pair(P)
+        tr.max_size = 10  # type: ignore[attr-defined]
+        payload = _pattern(50_000, 9) + _pattern(5, 1)
+        b.sendall(payload[:50_000])
+        for _ in range(500):
+            if len(got) >= 50_000:
+                break
+            await asyncio.sleep(0.002)
+        b.sendall(payload[50_000:])
+        for _ in range(500):
+            if len(got) >= len(payload):
+                break
+            await asyncio.sleep(0.002)
+        tr.close()
+        b.close()
+        return [bytes(got) == payload, set(sizes), len(sizes) < 50]
+
+    assert both(main) == [True, {-1}, True]

@@ -30,8 +30,18 @@
 #include "aio.h"
 #include "structmember.h"
 
-/* asyncio's _SelectorTransport.max_size: the most one recv() asks for. */
-#define SCRATCH_SIZE (256 * 1024)
+/* One recv() asks for max_size bytes: asyncio's _SelectorTransport.max_size (256 KiB) unless
+ * the class or the instance says otherwise (see resolve_max_size and the max_size property).
+ *
+ * Receives normally land in the loop's scratch buffer and are then copied into a bytes object
+ * of the exact size: one small copy instead of a max_size (256 KiB) allocation per message.
+ * Once a transport's last receive returned at least DIRECT_READ_MIN bytes, the copy costs
+ * more than the allocation, so the next receive goes straight into a fresh bytes object of
+ * max_size bytes that is then shrunk in place (_PyBytes_Resize: glibc's realloc splits a
+ * shrinking chunk without moving it).  The switch follows the traffic, per transport: a
+ * small receive moves it back to the scratch path.  Either way one recv() asks for max_size
+ * bytes, so what data_received() sees is what asyncio's transport would hand it. */
+#define DIRECT_READ_MIN 4096
 
 /* The hot attributes live in C, after the Python base's layout, as member descriptors: the
  * inherited Python methods read and write them as ordinary attributes, and the C methods
@@ -42,11 +52,14 @@ typedef struct {
     PyObject *loop;
     PyObject *buffer;
     PyObject *empty_waiter;
+    PyObject *max_size_obj; /* what was assigned to max_size, or NULL: the class's value */
     Py_ssize_t conn_lost;
+    Py_ssize_t max_size; /* 0: not known yet (resolve_max_size) */
     int sock_fd;
     char eof;
     char buffered;
     char closing;
+    char big_reads; /* the last receive was large: read into the result directly */
 } tr_fields;
 
 static inline tr_fields *F(PyObject *self, bro_state *st)
@@ -69,16 +82,27 @@ enum {
     S_CALL_CONN_LOST,
     S_SET_RESULT,
     S_SET_EXCEPTION,
+    S_MAX_SIZE,
+    S_READ_READY,
     S_COUNT
 };
 _Static_assert(S_COUNT == BRO_AIO_TR_STRS, "state.h's BRO_AIO_TR_STRS is out of date");
-static const char *const str_names[S_COUNT] = {
-    "data_received", "get_buffer",    "buffer_updated",        "_fatal_error", "_read_ready__on_eof",
-    "_add_writer",   "_write_ready",  "_maybe_pause_protocol", "write",
-    "_remove_writer", "_maybe_resume_protocol", "_call_connection_lost", "set_result",
-    "set_exception"};
-
-
+static const char *const str_names[S_COUNT] = {"data_received",
+                                               "get_buffer",
+                                               "buffer_updated",
+                                               "_fatal_error",
+                                               "_read_ready__on_eof",
+                                               "_add_writer",
+                                               "_write_ready",
+                                               "_maybe_pause_protocol",
+                                               "write",
+                                               "_remove_writer",
+                                               "_maybe_resume_protocol",
+                                               "_call_connection_lost",
+                                               "set_result",
+                                               "set_exception",
+                                               "max_size",
+                                               "_read_ready"};
 
 /* Calls self.<name>(*args) and drops the result; -1 on error. */
 static int call_method(PyObject *self, PyObject *name, PyObject *a, PyObject *b)
@@ -134,8 +158,8 @@ static PyObject *read_buffered(PyObject *self, PyObject **s, int fd, PyObject *p
     if (hint == NULL)
         return NULL;
     args[1] = hint;
-    PyObject *buf = PyObject_VectorcallMethod(s[S_GET_BUFFER], args,
-                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *buf =
+        PyObject_VectorcallMethod(s[S_GET_BUFFER], args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(hint);
     if (buf == NULL)
         return fatal(self, s, "Fatal error: protocol.get_buffer() call failed.");
@@ -197,6 +221,40 @@ static int no_args(const char *name, Py_ssize_t nargs, PyObject *kwnames)
     return -1;
 }
 
+/* The inherited Python _read_ready(): the reference path for an unusual max_size. */
+static PyObject *read_fallback(PyObject *self, PyTypeObject *cls, PyObject **s)
+{
+    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_READ_READY]);
+    if (m == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(m, self);
+    Py_DECREF(m);
+    return r;
+}
+
+/* The transport's max_size, looked up once as asyncio's recv(self.max_size) would find it
+ * (an instance's own value, a subclass's class attribute, or asyncio's default) and kept in
+ * f->max_size; the max_size property's setter keeps it current.  Returns the size, 0 if it
+ * is not a positive size (the caller falls back to asyncio's method), -1 on error. */
+static Py_ssize_t resolve_max_size(PyObject *self, PyObject **s, tr_fields *f)
+{
+    if (f->max_size_obj != NULL)
+        return 0; /* assigned, and not a positive size (see max_size_set) */
+    PyObject *v = PyObject_GetAttr(self, s[S_MAX_SIZE]);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t n = PyLong_Check(v) ? PyLong_AsSsize_t(v) : 0;
+    Py_DECREF(v);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* too large for a size: asyncio's recv() reports it */
+        n = 0;
+    }
+    if (n <= 0)
+        return 0;
+    f->max_size = n;
+    return n;
+}
+
 /* _read_ready(): the reader callback. */
 static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -218,26 +276,49 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         result = read_buffered(self, s, f->sock_fd, protocol);
         goto done;
     }
-    char *scratch = bro_aio_scratch(st, loop, SCRATCH_SIZE);
-    if (scratch == NULL)
+    Py_ssize_t max_size = f->max_size ? f->max_size : resolve_max_size(self, s, f);
+    if (max_size <= 0) {
+        /* An error, or a max_size that is not a positive size: asyncio's own method shows
+         * what such a recv() does. */
+        if (max_size == 0)
+            result = read_fallback(self, cls, s);
         goto done;
-    ssize_t n = recv(f->sock_fd, scratch, SCRATCH_SIZE, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            result = Py_NewRef(Py_None);
+    }
+    PyObject *data = NULL;
+    ssize_t n;
+    if (f->big_reads) {
+        data = PyBytes_FromStringAndSize(NULL, max_size);
+        if (data == NULL)
             goto done;
+        n = recv(f->sock_fd, PyBytes_AS_STRING(data), (size_t)max_size, 0);
+    } else {
+        char *scratch = bro_aio_scratch(st, loop, (size_t)max_size);
+        if (scratch == NULL)
+            goto done;
+        n = recv(f->sock_fd, scratch, (size_t)max_size, 0);
+        if (n > 0) {
+            data = PyBytes_FromStringAndSize(scratch, n);
+            if (data == NULL)
+                goto done;
         }
-        PyErr_SetFromErrno(PyExc_OSError);
-        result = fatal(self, s, "Fatal read error on socket transport");
-        goto done;
     }
-    if (n == 0) {
-        if (call_method(self, s[S_ON_EOF], NULL, NULL) == 0)
+    if (n <= 0) {
+        int err = errno;
+        Py_XDECREF(data);
+        if (n == 0) {
+            if (call_method(self, s[S_ON_EOF], NULL, NULL) == 0)
+                result = Py_NewRef(Py_None);
+        } else if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
             result = Py_NewRef(Py_None);
+        } else {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            result = fatal(self, s, "Fatal read error on socket transport");
+        }
         goto done;
     }
-    PyObject *data = PyBytes_FromStringAndSize(scratch, n);
-    if (data == NULL)
+    f->big_reads = n >= DIRECT_READ_MIN;
+    if (n != PyBytes_GET_SIZE(data) && _PyBytes_Resize(&data, n) < 0)
         goto done;
     PyObject *args[2] = {protocol, data};
     PyObject *r = PyObject_VectorcallMethod(s[S_DATA_RECEIVED], args,
@@ -286,8 +367,8 @@ static int arm_writer(PyObject *self, PyObject **s, tr_fields *f)
     int r = -1;
     if (cb != NULL && fdo != NULL) {
         PyObject *a[3] = {loop, fdo, cb};
-        PyObject *h = PyObject_VectorcallMethod(s[S_ADD_WRITER], a,
-                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject *h =
+            PyObject_VectorcallMethod(s[S_ADD_WRITER], a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (h != NULL) {
             Py_DECREF(h);
             r = 0;
@@ -309,8 +390,7 @@ static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *ar
     }
     PyObject *data = args[0];
     if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
-        PyErr_Format(PyExc_TypeError,
-                     "data argument must be a bytes-like object, not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.200s'",
                      Py_TYPE(data)->tp_name);
         return NULL;
     }
@@ -425,7 +505,8 @@ static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *con
             (msg = PyUnicode_FromString("Fatal write error on socket transport")) != NULL &&
             call_method(self, s[S_FATAL_ERROR], exc, msg) == 0) {
             PyObject *w = f->empty_waiter;
-            if (w == NULL || w == Py_None || call_method(Py_NewRef(w), s[S_SET_EXCEPTION], exc, NULL) == 0)
+            if (w == NULL || w == Py_None ||
+                call_method(Py_NewRef(w), s[S_SET_EXCEPTION], exc, NULL) == 0)
                 result = Py_NewRef(Py_None);
             if (w != NULL && w != Py_None)
                 Py_DECREF(w);
@@ -473,6 +554,49 @@ static PyObject *tr_is_closing(PyObject *self, PyTypeObject *cls, PyObject *cons
     return PyBool_FromLong(F(self, st)->closing);
 }
 
+/* The max_size property: asyncio's class attribute until one is assigned.  A positive size
+ * goes to f->max_size for the C reader; anything else is kept as assigned and the reader falls
+ * back to asyncio's method, which does with it whatever asyncio does. */
+static bro_state *state_of(PyObject *self)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &bro_module_def);
+    return module ? PyModule_GetState(module) : NULL;
+}
+
+static PyObject *max_size_get(PyObject *self, void *Py_UNUSED(closure))
+{
+    bro_state *st = state_of(self);
+    if (st == NULL)
+        return NULL;
+    PyObject *v = F(self, st)->max_size_obj;
+    return v ? Py_NewRef(v) : PyLong_FromSsize_t(st->aio_tr_max_default);
+}
+
+static int max_size_set(PyObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    bro_state *st = state_of(self);
+    if (st == NULL)
+        return -1;
+    tr_fields *f = F(self, st);
+    Py_ssize_t n = 0;
+    if (v != NULL && PyLong_Check(v)) {
+        n = PyLong_AsSsize_t(v);
+        if (n == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            n = 0;
+        }
+    }
+    /* Deleting it restores the class's value, which the next read looks up again. */
+    f->max_size = n > 0 ? n : 0;
+    Py_XSETREF(f->max_size_obj, Py_XNewRef(v));
+    return 0;
+}
+
+static PyGetSetDef tr_getset[] = {
+    {"max_size", max_size_get, max_size_set, "The most one recv() asks for.", NULL},
+    {NULL},
+};
+
 static PyMethodDef tr_methods[] = {
     {"_write_ready", (PyCFunction)(void (*)(void))tr_write_ready,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, "The writer callback (C)."},
@@ -502,8 +626,20 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
                 return NULL;
         }
     }
+    PyObject *dflt = PyObject_GetAttr(base, st->aio_tr_str[S_MAX_SIZE]);
+    if (dflt == NULL)
+        return NULL;
+    Py_ssize_t max_default = PyLong_Check(dflt) ? PyLong_AsSsize_t(dflt) : 0;
+    Py_DECREF(dflt);
+    if (max_default <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError,
+                            "aio_make_transport_type(): base.max_size is not a size");
+        return NULL;
+    }
+    st->aio_tr_max_default = max_default;
     Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
-    off = (off + (Py_ssize_t)_Alignof(tr_fields) - 1) & ~((Py_ssize_t)_Alignof(tr_fields) - 1);
+    off = (off + (Py_ssize_t) _Alignof(tr_fields) - 1) & ~((Py_ssize_t) _Alignof(tr_fields) - 1);
     if (st->aio_tr_off != 0 && st->aio_tr_off != off) {
         PyErr_SetString(PyExc_RuntimeError, "aio_make_transport_type(): layout changed");
         return NULL;
@@ -514,6 +650,7 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
         M("_loop", T_OBJECT_EX, loop),
         M("_buffer", T_OBJECT_EX, buffer),
         M("_empty_waiter", T_OBJECT_EX, empty_waiter),
+        M("_broomio_max_size", T_OBJECT_EX, max_size_obj),
         M("_conn_lost", T_PYSSIZET, conn_lost),
         M("_sock_fd", T_INT, sock_fd),
         M("_eof", T_BOOL, eof),
@@ -525,6 +662,7 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
     PyType_Slot slots[] = {
         {Py_tp_methods, tr_methods},
         {Py_tp_members, members},
+        {Py_tp_getset, tr_getset},
         {Py_tp_doc, "asyncio's socket transport with its per-message paths in C."},
         {0, NULL},
     };

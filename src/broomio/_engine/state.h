@@ -59,9 +59,10 @@ typedef struct {
     PyObject *aio_str_callback_error;
     PyObject *aio_str_context;
     /* Attribute names used by the socket transport's C methods (aio_transport.c). */
-#define BRO_AIO_TR_STRS 14
+#define BRO_AIO_TR_STRS 16
     PyObject *aio_tr_str[BRO_AIO_TR_STRS];
-    Py_ssize_t aio_tr_off; /* where the transport's C fields start */
+    Py_ssize_t aio_tr_off;         /* where the transport's C fields start */
+    Py_ssize_t aio_tr_max_default; /* asyncio's class-level max_size */
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;
