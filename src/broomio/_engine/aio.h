@@ -45,7 +45,12 @@ typedef struct {
     int nfree;
     char *scratch; /* the transports' recv buffer, allocated on first use */
     size_t scratch_size;
+    PyObject *future_kwargs; /* {"loop": self} for asyncio.Future's __init__, or NULL */
+    PyObject *context_kw;    /* a non-interned "context" keyword seen before, or NULL */
 } aio_core;
+
+/* asyncio.Future(loop=loop) for an AioCore loop. */
+PyObject *bro_aio_new_future(PyObject *loop);
 
 /* The loop's scratch receive buffer (at least size bytes), or NULL with an exception if loop
  * is not an AioCore. */

@@ -340,7 +340,7 @@ static PyObject *tuple_from(PyObject *const *items, Py_ssize_t n)
 }
 
 /* Parses (fixed positionals..., *args, context=None) from a vectorcall. */
-static int parse_context(bro_state *st, PyObject *const *args, Py_ssize_t nargs,
+static int parse_context(aio_core *c, PyObject *const *args, Py_ssize_t nargs,
                          PyObject *kwnames, PyObject **context, const char *fname)
 {
     *context = NULL;
@@ -349,12 +349,17 @@ static int parse_context(bro_state *st, PyObject *const *args, Py_ssize_t nargs,
     Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nk; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        /* Keyword names are almost always interned: one pointer test. */
-        if (name != st->aio_str_context &&
-            (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "context") != 0)) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", fname,
-                         name);
-            return -1;
+        /* Keyword names are almost always interned: one pointer test.  _asyncio's futures
+         * pass a "context" of their own that is not the interned one, on every callback
+         * they schedule: the last such string is kept (a strong reference, so the address
+         * cannot be reused) and recognised by its address too. */
+        if (name != c->st->aio_str_context && name != c->context_kw) {
+            if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "context") != 0) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
+                             fname, name);
+                return -1;
+            }
+            Py_XSETREF(c->context_kw, Py_NewRef(name));
         }
         *context = args[nargs + i];
     }
@@ -381,7 +386,7 @@ static PyObject *core_call_soon(aio_core *c, PyObject *const *args, Py_ssize_t n
                                 PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(c->st, args, nargs, kwnames, &context, "call_soon") < 0)
+    if (parse_context(c, args, nargs, kwnames, &context, "call_soon") < 0)
         return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "call_soon() missing required argument 'callback'");
@@ -434,7 +439,7 @@ static PyObject *core_call_at(aio_core *c, PyObject *const *args, Py_ssize_t nar
                               PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(c->st, args, nargs, kwnames, &context, "call_at") < 0)
+    if (parse_context(c, args, nargs, kwnames, &context, "call_at") < 0)
         return NULL;
     if (nargs < 2) {
         PyErr_SetString(PyExc_TypeError, "call_at() missing required arguments");
@@ -459,7 +464,7 @@ static PyObject *core_call_later(aio_core *c, PyObject *const *args, Py_ssize_t 
                                  PyObject *kwnames)
 {
     PyObject *context;
-    if (parse_context(c->st, args, nargs, kwnames, &context, "call_later") < 0)
+    if (parse_context(c, args, nargs, kwnames, &context, "call_later") < 0)
         return NULL;
     if (nargs < 2) {
         PyErr_SetString(PyExc_TypeError, "call_later() missing required arguments");
@@ -492,15 +497,48 @@ static PyObject *core_get_debug(aio_core *c, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(c->debug);
 }
 
-/* create_future(): asyncio.Future(loop=self), called without a Python frame. */
-static PyObject *core_create_future(aio_core *c, PyObject *Py_UNUSED(ignored))
+/* asyncio.Future(loop=loop).  asyncio's C Future has no vectorcall entry, so calling the
+ * class builds a {"loop": loop} dictionary for its __init__ on every call; this does what
+ * type.__call__ does (tp_new, then tp_init) with one dictionary kept per loop. */
+PyObject *bro_aio_new_future(PyObject *loop)
 {
+    aio_core *c = (aio_core *)loop;
     bro_state *st = c->st;
     if (check_setup(st) < 0)
         return NULL;
-    PyObject *args[2] = {NULL, (PyObject *)c};
-    return PyObject_Vectorcall(st->aio_future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                               st->aio_kw_loop);
+    PyTypeObject *tp = (PyTypeObject *)st->aio_future_type;
+    if (c->future_kwargs == NULL) {
+        c->future_kwargs = PyDict_New();
+        if (c->future_kwargs == NULL)
+            return NULL;
+        if (PyDict_SetItemString(c->future_kwargs, "loop", loop) < 0) {
+            Py_CLEAR(c->future_kwargs);
+            return NULL;
+        }
+    }
+    if (!PyType_Check(tp) || tp->tp_new == NULL || tp->tp_init == NULL) {
+        PyObject *args[2] = {NULL, loop};
+        return PyObject_Vectorcall((PyObject *)tp, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                   st->aio_kw_loop);
+    }
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL)
+        return NULL;
+    /* The dictionary is handed over as a new reference: __init__ must not be able to make
+     * it go away under us. */
+    PyObject *kw = Py_NewRef(c->future_kwargs);
+    PyObject *fut = tp->tp_new(tp, empty, kw);
+    if (fut != NULL && PyObject_TypeCheck(fut, tp) && tp->tp_init(fut, empty, kw) < 0)
+        Py_CLEAR(fut);
+    Py_DECREF(kw);
+    Py_DECREF(empty);
+    return fut;
+}
+
+/* create_future(): asyncio.Future(loop=self), called without a Python frame. */
+static PyObject *core_create_future(aio_core *c, PyObject *Py_UNUSED(ignored))
+{
+    return bro_aio_new_future((PyObject *)c);
 }
 
 /* create_task(coro, *, name=None, context=None).  The common case -- no task factory, not
@@ -1204,6 +1242,7 @@ static int core_traverse(aio_core *c, visitproc visit, void *arg)
         Py_VISIT(c->heap[i].handle);
     for (int i = 0; i < c->nfree; i++)
         Py_VISIT(c->free_handles[i]);
+    Py_VISIT(c->future_kwargs);
     for (int fd = 0; fd < c->fds_cap; fd++) {
         Py_VISIT(c->fds[fd].reader);
         Py_VISIT(c->fds[fd].writer);
@@ -1214,6 +1253,7 @@ static int core_traverse(aio_core *c, visitproc visit, void *arg)
 static int core_clear(aio_core *c)
 {
     core_clear_all(c);
+    Py_CLEAR(c->future_kwargs);
     return 0;
 }
 
@@ -1228,6 +1268,8 @@ static void core_dealloc(aio_core *c)
     PyMem_Free(c->heap);
     PyMem_Free(c->fds);
     PyMem_Free(c->scratch);
+    Py_CLEAR(c->future_kwargs);
+    Py_CLEAR(c->context_kw);
     Py_CLEAR(c->module);
     tp->tp_free(c);
     Py_DECREF(tp);

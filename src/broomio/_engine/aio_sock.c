@@ -415,9 +415,7 @@ PyObject *bro_aio_sock_call(PyObject *loop, bro_state *st, PyObject *const *args
         return NULL;
     }
     Py_DECREF(chk);
-    PyObject *fargs[2] = {NULL, loop};
-    PyObject *fut = PyObject_Vectorcall(st->aio_future_type, fargs + 1,
-                                        0 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->aio_kw_loop);
+    PyObject *fut = bro_aio_new_future(loop);
     if (fut == NULL) {
         Py_DECREF(fdo);
         return NULL;

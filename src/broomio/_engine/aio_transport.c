@@ -60,6 +60,7 @@ typedef struct {
     char buffered;
     char closing;
     char big_reads; /* the last receive was large: read into the result directly */
+    char stream;    /* the protocol is exactly asyncio.StreamReaderProtocol */
 } tr_fields;
 
 static inline tr_fields *F(PyObject *self, bro_state *st)
@@ -84,6 +85,16 @@ enum {
     S_SET_EXCEPTION,
     S_MAX_SIZE,
     S_READ_READY,
+    S_STREAM_READER_WR,
+    S_FEED_DATA,
+    S_EOF,
+    S_BUFFER,
+    S_WAITER,
+    S_TRANSPORT,
+    S_PAUSED,
+    S_LIMIT,
+    S_PAUSE_READING,
+    S_CANCELLED,
     S_COUNT
 };
 _Static_assert(S_COUNT == BRO_AIO_TR_STRS, "state.h's BRO_AIO_TR_STRS is out of date");
@@ -102,7 +113,17 @@ static const char *const str_names[S_COUNT] = {"data_received",
                                                "set_result",
                                                "set_exception",
                                                "max_size",
-                                               "_read_ready"};
+                                               "_read_ready",
+                                               "_stream_reader_wr",
+                                               "feed_data",
+                                               "_eof",
+                                               "_buffer",
+                                               "_waiter",
+                                               "_transport",
+                                               "_paused",
+                                               "_limit",
+                                               "pause_reading",
+                                               "cancelled"};
 
 /* Calls self.<name>(*args) and drops the result; -1 on error. */
 static int call_method(PyObject *self, PyObject *name, PyObject *a, PyObject *b)
@@ -255,6 +276,214 @@ static Py_ssize_t resolve_max_size(PyObject *self, PyObject **s, tr_fields *f)
     return n;
 }
 
+/* recv() returned n <= 0 (errno err): end of stream, nothing yet, or a failed socket. */
+static PyObject *read_nothing(PyObject *self, PyObject **s, ssize_t n, int err)
+{
+    if (n == 0) {
+        if (call_method(self, s[S_ON_EOF], NULL, NULL) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+        Py_RETURN_NONE;
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return fatal(self, s, "Fatal read error on socket transport");
+}
+
+/* ---- the asyncio streams path ----------------------------------------------------------
+ *
+ * asyncio.start_server() and open_connection() put an asyncio.StreamReaderProtocol on the
+ * transport; each received chunk then runs four Python frames (data_received, the
+ * _stream_reader property, StreamReader.feed_data and _wakeup_waiter) whose whole job is to
+ * append the bytes to the reader's bytearray and wake the task waiting in read().  When the
+ * protocol and the reader are exactly asyncio's classes with their own methods (nothing
+ * overridden on the class or the instance), the transport does the same steps here, in the
+ * same order and through the same attributes: it receives straight into the reader's
+ * _buffer (no bytes object is made), then runs _wakeup_waiter's and feed_data's flow-control
+ * logic.  Anything that does not fit -- another protocol, a subclass, a dead reader, a
+ * reader at EOF (where feed_data asserts), a buffer with exported views -- takes the
+ * ordinary data_received() path, which is asyncio's code. */
+
+static int append_bytes(PyObject *buffer, const char *p, Py_ssize_t n);
+
+/* 1 if obj.name resolves to the class attribute `func` (no instance or subclass override). */
+static int is_own_method(PyObject *obj, PyObject *name, PyObject *func)
+{
+    PyObject *m = NULL;
+    int unbound = _PyObject_GetMethod(obj, name, &m);
+    if (m == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = unbound && m == func;
+    Py_DECREF(m);
+    return ok;
+}
+
+/* The reader (new reference) and its bytearray buffer (new reference) if the C streams path
+ * applies to this protocol: 1, or 0 (with nothing set) if not. */
+static int stream_target(bro_state *st, PyObject *protocol, PyObject **reader_out,
+                         PyObject **buffer_out)
+{
+    PyObject **s = st->aio_tr_str;
+    PyObject *streams = st->aio_streams; /* (StreamReader, data_received, feed_data) */
+    if (streams == NULL ||
+        !is_own_method(protocol, s[S_DATA_RECEIVED], PyTuple_GET_ITEM(streams, 1)))
+        return 0;
+    PyObject *wr = PyObject_GetAttr(protocol, s[S_STREAM_READER_WR]);
+    if (wr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *reader = PyWeakref_CheckRef(wr) ? PyWeakref_GetObject(wr) : NULL;
+    if (reader == NULL || (PyObject *)Py_TYPE(reader) != PyTuple_GET_ITEM(streams, 0)) {
+        PyErr_Clear();
+        Py_DECREF(wr);
+        return 0;
+    }
+    Py_INCREF(reader);
+    Py_DECREF(wr);
+    if (!is_own_method(reader, s[S_FEED_DATA], PyTuple_GET_ITEM(streams, 2)))
+        goto no;
+    PyObject *eof = PyObject_GetAttr(reader, s[S_EOF]);
+    if (eof == NULL)
+        goto no;
+    Py_DECREF(eof);
+    if (eof != Py_False)
+        goto no;
+    PyObject *buffer = PyObject_GetAttr(reader, s[S_BUFFER]);
+    if (buffer == NULL)
+        goto no;
+    if (!PyByteArray_CheckExact(buffer) || ((PyByteArrayObject *)buffer)->ob_exports > 0) {
+        Py_DECREF(buffer);
+        goto no;
+    }
+    *reader_out = reader;
+    *buffer_out = buffer;
+    return 1;
+no:
+    PyErr_Clear();
+    Py_DECREF(reader);
+    return 0;
+}
+
+/* StreamReader._wakeup_waiter() and the rest of feed_data() after the buffer grew. */
+static int stream_fed(PyObject **s, PyObject *reader, PyObject *buffer)
+{
+    PyObject *waiter = PyObject_GetAttr(reader, s[S_WAITER]);
+    if (waiter == NULL)
+        return -1;
+    if (waiter != Py_None) {
+        if (PyObject_SetAttr(reader, s[S_WAITER], Py_None) < 0) {
+            Py_DECREF(waiter);
+            return -1;
+        }
+        PyObject *c = PyObject_CallMethodNoArgs(waiter, s[S_CANCELLED]);
+        int cancelled = c == NULL ? -1 : PyObject_IsTrue(c);
+        Py_XDECREF(c);
+        if (cancelled < 0 ||
+            (!cancelled && call_method(waiter, s[S_SET_RESULT], Py_None, NULL) < 0)) {
+            Py_DECREF(waiter);
+            return -1;
+        }
+    }
+    Py_DECREF(waiter);
+
+    PyObject *transport = PyObject_GetAttr(reader, s[S_TRANSPORT]);
+    if (transport == NULL)
+        return -1;
+    int r = 0;
+    if (transport != Py_None) {
+        PyObject *paused = PyObject_GetAttr(reader, s[S_PAUSED]);
+        int is_paused = paused == NULL ? -1 : PyObject_IsTrue(paused);
+        Py_XDECREF(paused);
+        PyObject *limit = is_paused == 0 ? PyObject_GetAttr(reader, s[S_LIMIT]) : NULL;
+        int over = 0;
+        if (is_paused < 0) {
+            over = -1;
+        } else if (limit == NULL) {
+            over = is_paused ? 0 : -1;
+        } else {
+            Py_ssize_t lim = PyLong_CheckExact(limit) ? PyLong_AsSsize_t(limit) : -1;
+            if (lim >= 0 && lim < PY_SSIZE_T_MAX / 2) {
+                over = PyByteArray_GET_SIZE(buffer) > 2 * lim;
+            } else {
+                /* len(self._buffer) > 2 * self._limit, in Python's arithmetic. */
+                PyErr_Clear();
+                PyObject *two = PyLong_FromLong(2);
+                PyObject *twice = two ? PyNumber_Multiply(two, limit) : NULL;
+                PyObject *len = twice ? PyLong_FromSsize_t(PyByteArray_GET_SIZE(buffer)) : NULL;
+                over = len ? PyObject_RichCompareBool(len, twice, Py_GT) : -1;
+                Py_XDECREF(two);
+                Py_XDECREF(twice);
+                Py_XDECREF(len);
+            }
+            Py_DECREF(limit);
+        }
+        if (over < 0) {
+            r = -1;
+        } else if (over) {
+            PyObject *res = PyObject_CallMethodNoArgs(transport, s[S_PAUSE_READING]);
+            if (res != NULL) {
+                Py_DECREF(res);
+                r = PyObject_SetAttr(reader, s[S_PAUSED], Py_True);
+            } else if (PyErr_ExceptionMatches(PyExc_NotImplementedError)) {
+                PyErr_Clear();
+                r = PyObject_SetAttr(reader, s[S_TRANSPORT], Py_None);
+            } else {
+                r = -1;
+            }
+        }
+    }
+    Py_DECREF(transport);
+    return r;
+}
+
+/* The streams path of _read_ready: 1 if it ran (*result set), 0 if it does not apply. */
+static int read_stream(PyObject *self, bro_state *st, tr_fields *f, PyObject *loop,
+                       PyObject *protocol, Py_ssize_t max_size, PyObject **result)
+{
+    PyObject **s = st->aio_tr_str;
+    PyObject *reader, *buffer;
+    if (!stream_target(st, protocol, &reader, &buffer))
+        return 0;
+    *result = NULL;
+    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
+    ssize_t n;
+    int err;
+    if (f->big_reads) {
+        /* Large chunks: receive into the buffer's own storage, then trim it. */
+        if (old > PY_SSIZE_T_MAX - max_size || PyByteArray_Resize(buffer, old + max_size) < 0)
+            goto out;
+        n = recv(f->sock_fd, PyByteArray_AS_STRING(buffer) + old, (size_t)max_size, 0);
+        err = errno;
+        if (PyByteArray_Resize(buffer, old + (n > 0 ? n : 0)) < 0)
+            goto out;
+    } else {
+        char *scratch = bro_aio_scratch(st, loop, (size_t)max_size);
+        if (scratch == NULL)
+            goto out;
+        n = recv(f->sock_fd, scratch, (size_t)max_size, 0);
+        err = errno;
+        if (n > 0 && append_bytes(buffer, scratch, n) < 0)
+            goto out;
+    }
+    if (n <= 0) {
+        *result = read_nothing(self, s, n, err);
+        goto out;
+    }
+    f->big_reads = n >= DIRECT_READ_MIN;
+    if (stream_fed(s, reader, buffer) < 0)
+        *result = fatal(self, s, "Fatal error: protocol.data_received() call failed.");
+    else
+        *result = Py_NewRef(Py_None);
+out:
+    Py_DECREF(reader);
+    Py_DECREF(buffer);
+    return 1;
+}
+
 /* _read_ready(): the reader callback. */
 static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *Py_UNUSED(a),
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -284,6 +513,8 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
             result = read_fallback(self, cls, s);
         goto done;
     }
+    if (f->stream && read_stream(self, st, f, loop, protocol, max_size, &result))
+        goto done;
     PyObject *data = NULL;
     ssize_t n;
     if (f->big_reads) {
@@ -305,16 +536,7 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
     if (n <= 0) {
         int err = errno;
         Py_XDECREF(data);
-        if (n == 0) {
-            if (call_method(self, s[S_ON_EOF], NULL, NULL) == 0)
-                result = Py_NewRef(Py_None);
-        } else if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
-            result = Py_NewRef(Py_None);
-        } else {
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-            result = fatal(self, s, "Fatal read error on socket transport");
-        }
+        result = read_nothing(self, s, n, err);
         goto done;
     }
     f->big_reads = n >= DIRECT_READ_MIN;
@@ -638,6 +860,26 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
         return NULL;
     }
     st->aio_tr_max_default = max_default;
+    if (st->aio_streams == NULL) {
+        /* What the streams path recognises (see stream_target): asyncio's own classes and
+         * methods, looked up once. */
+        PyObject *m = PyImport_ImportModule("asyncio.streams");
+        if (m == NULL)
+            return NULL;
+        PyObject *sr = PyObject_GetAttrString(m, "StreamReader");
+        PyObject *srp = PyObject_GetAttrString(m, "StreamReaderProtocol");
+        Py_DECREF(m);
+        PyObject *dr = srp ? PyObject_GetAttr(srp, st->aio_tr_str[S_DATA_RECEIVED]) : NULL;
+        PyObject *fd = sr ? PyObject_GetAttr(sr, st->aio_tr_str[S_FEED_DATA]) : NULL;
+        if (sr != NULL && dr != NULL && fd != NULL)
+            st->aio_streams = PyTuple_Pack(3, sr, dr, fd);
+        Py_XDECREF(sr);
+        Py_XDECREF(srp);
+        Py_XDECREF(dr);
+        Py_XDECREF(fd);
+        if (st->aio_streams == NULL)
+            return NULL;
+    }
     Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
     off = (off + (Py_ssize_t) _Alignof(tr_fields) - 1) & ~((Py_ssize_t) _Alignof(tr_fields) - 1);
     if (st->aio_tr_off != 0 && st->aio_tr_off != off) {
@@ -656,6 +898,7 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base)
         M("_eof", T_BOOL, eof),
         M("_broomio_buffered", T_BOOL, buffered),
         M("_closing", T_BOOL, closing),
+        M("_broomio_stream", T_BOOL, stream),
         {NULL},
     };
 #undef M

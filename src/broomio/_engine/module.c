@@ -201,6 +201,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->aio_task_type);
     for (int i = 0; i < BRO_AIO_TR_STRS; i++)
         Py_VISIT(st->aio_tr_str[i]);
+    Py_VISIT(st->aio_streams);
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->TaskCancelled);
     Py_VISIT(st->BusyResourceError);
@@ -247,6 +248,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->aio_str_context);
     for (int i = 0; i < BRO_AIO_TR_STRS; i++)
         Py_CLEAR(st->aio_tr_str[i]);
+    Py_CLEAR(st->aio_streams);
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->TaskCancelled);
     Py_CLEAR(st->BusyResourceError);

@@ -59,10 +59,11 @@ typedef struct {
     PyObject *aio_str_callback_error;
     PyObject *aio_str_context;
     /* Attribute names used by the socket transport's C methods (aio_transport.c). */
-#define BRO_AIO_TR_STRS 16
+#define BRO_AIO_TR_STRS 26
     PyObject *aio_tr_str[BRO_AIO_TR_STRS];
     Py_ssize_t aio_tr_off;         /* where the transport's C fields start */
     Py_ssize_t aio_tr_max_default; /* asyncio's class-level max_size */
+    PyObject *aio_streams; /* (StreamReader, StreamReaderProtocol.data_received, feed_data) */
 
     PyObject *Cancelled;
     PyObject *TaskCancelled;

@@ -15,6 +15,7 @@ import asyncio.events
 import asyncio.format_helpers
 import asyncio.protocols
 import asyncio.selector_events
+import asyncio.streams
 import asyncio.unix_events
 import selectors
 import socket
@@ -44,6 +45,8 @@ class _SocketTransport(_SocketTransportBase):  # type: ignore[misc]
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._broomio_buffered = isinstance(protocol, asyncio.protocols.BufferedProtocol)
+        # Exactly asyncio's streams protocol: the C reader feeds its StreamReader directly.
+        self._broomio_stream = type(protocol) is asyncio.streams.StreamReaderProtocol
         super().set_protocol(protocol)
 
 
