@@ -8,9 +8,11 @@
  * behaves as asyncio's by construction.  This file replaces the two calls every message
  * goes through:
  *
- *   _read_ready  recv() straight into the loop's scratch buffer and one exact-size bytes
- *                copy for data_received(); for a BufferedProtocol, get_buffer() and
- *                recv() into it, then buffer_updated().
+ *   _read_ready  recv() into the loop's scratch buffer and one exact-size bytes copy for
+ *                data_received(), or, for large chunks, straight into the bytes object (see
+ *                DIRECT_READ_MIN below); for a BufferedProtocol, get_buffer() and recv()
+ *                into it, then buffer_updated(); for asyncio's own StreamReaderProtocol,
+ *                straight into its StreamReader's buffer (see "the asyncio streams path").
  *   write        when nothing is queued, send() at once; only the unsent tail goes to the
  *                buffer (and the writer callback is armed), as asyncio does.
  *   _write_ready the writer callback: one send() of the whole queued bytearray (asyncio
@@ -20,7 +22,7 @@
  *   is_closing   asked by every StreamWriter.drain().
  *
  * State stays in the instance's attributes (_buffer, _conn_lost, _eof, ...), which the
- * inherited Python methods read and write; so the C code reads them through getattr too.
+ * inherited Python methods read and write; the hot ones are C members (see tr_fields).
  * Anything unusual (a lost connection, a loop that is not a broomio loop) falls back to the
  * inherited Python method, which is the reference behaviour.
  */
@@ -30,18 +32,26 @@
 #include "aio.h"
 #include "structmember.h"
 
-/* One recv() asks for max_size bytes: asyncio's _SelectorTransport.max_size (256 KiB) unless
+/* A receive asks for max_size bytes: asyncio's _SelectorTransport.max_size (256 KiB) unless
  * the class or the instance says otherwise (see resolve_max_size and the max_size property).
  *
  * Receives normally land in the loop's scratch buffer and are then copied into a bytes object
- * of the exact size: one small copy instead of a max_size (256 KiB) allocation per message.
- * Once a transport's last receive returned at least DIRECT_READ_MIN bytes, the copy costs
- * more than the allocation, so the next receive goes straight into a fresh bytes object of
- * max_size bytes that is then shrunk in place (_PyBytes_Resize: glibc's realloc splits a
- * shrinking chunk without moving it).  The switch follows the traffic, per transport: a
- * small receive moves it back to the scratch path.  Either way one recv() asks for max_size
- * bytes, so what data_received() sees is what asyncio's transport would hand it. */
+ * of the exact size: one small copy instead of a max_size allocation per message.  Once a
+ * transport's last receive returned between DIRECT_READ_MIN and DIRECT_READ_MAX bytes, the
+ * copy costs more than the allocation, so the next receive goes straight into a fresh bytes
+ * object (or, on the streams path, the reader's empty buffer) of DIRECT_READ_MAX bytes that
+ * is then shrunk in place (glibc's realloc splits a shrinking chunk without moving it).
+ *
+ * DIRECT_READ_MAX stays under glibc's mmap threshold (128 KiB): a 256 KiB block would be
+ * mmap()ed, shrunk with mremap() and munmap()ed -- three system calls and page faults per
+ * message, and a block freed after shrinking never raises glibc's adaptive threshold.  If
+ * the direct part fills up, the rest (up to max_size in all) is received into the scratch
+ * buffer and appended, so one data_received() still gets what one recv(max_size) would
+ * have returned, and the transport goes back to the scratch path: bulk transfers copy once
+ * from a warm buffer instead of allocating large blocks.  The switch follows the traffic,
+ * per transport. */
 #define DIRECT_READ_MIN 4096
+#define DIRECT_READ_MAX (64 * 1024)
 
 /* The hot attributes live in C, after the Python base's layout, as member descriptors: the
  * inherited Python methods read and write them as ordinary attributes, and the C methods
@@ -61,6 +71,7 @@ typedef struct {
     char closing;
     char big_reads; /* the last receive was large: read into the result directly */
     char stream;    /* the protocol is exactly asyncio.StreamReaderProtocol */
+    int pending_err; /* errno of a failed second recv(), reported by the next _read_ready */
 } tr_fields;
 
 static inline tr_fields *F(PyObject *self, bro_state *st)
@@ -440,8 +451,24 @@ static int stream_fed(PyObject **s, PyObject *reader, PyObject *buffer)
     return r;
 }
 
+/* The rest of a receive whose direct part filled up: up to `room` more bytes into the
+ * scratch buffer.  What one recv(max_size) would have returned is split over two calls here;
+ * a failure of the second one is kept in f->pending_err and reported by the next
+ * _read_ready, after the data received before it -- where asyncio's next recv() would have
+ * reported it.  (An end of stream needs no keeping: recv() keeps returning 0.) */
+static ssize_t recv_rest(tr_fields *f, char *scratch, Py_ssize_t room)
+{
+    ssize_t m = recv(f->sock_fd, scratch, (size_t)room, 0);
+    if (m < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            f->pending_err = errno;
+        return 0;
+    }
+    return m;
+}
+
 /* The streams path of _read_ready: 1 if it ran (*result set), 0 if it does not apply. */
-static int read_stream(PyObject *self, bro_state *st, tr_fields *f, PyObject *loop,
+static int read_stream(PyObject *self, bro_state *st, tr_fields *f, char *scratch,
                        PyObject *protocol, Py_ssize_t max_size, PyObject **result)
 {
     PyObject **s = st->aio_tr_str;
@@ -449,21 +476,22 @@ static int read_stream(PyObject *self, bro_state *st, tr_fields *f, PyObject *lo
     if (!stream_target(st, protocol, &reader, &buffer))
         return 0;
     *result = NULL;
-    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
     ssize_t n;
     int err;
-    if (f->big_reads) {
-        /* Large chunks: receive into the buffer's own storage, then trim it. */
-        if (old > PY_SSIZE_T_MAX - max_size || PyByteArray_Resize(buffer, old + max_size) < 0)
+    if (f->big_reads && PyByteArray_GET_SIZE(buffer) == 0) {
+        /* Large chunks into an empty buffer: receive into the buffer's own storage, then
+         * trim it. */
+        Py_ssize_t want = max_size < DIRECT_READ_MAX ? max_size : DIRECT_READ_MAX;
+        if (PyByteArray_Resize(buffer, want) < 0)
             goto out;
-        n = recv(f->sock_fd, PyByteArray_AS_STRING(buffer) + old, (size_t)max_size, 0);
+        n = recv(f->sock_fd, PyByteArray_AS_STRING(buffer), (size_t)want, 0);
         err = errno;
-        if (PyByteArray_Resize(buffer, old + (n > 0 ? n : 0)) < 0)
+        ssize_t m = n == want && want < max_size ? recv_rest(f, scratch, max_size - want) : 0;
+        if (PyByteArray_Resize(buffer, n > 0 ? n : 0) < 0 ||
+            (m > 0 && append_bytes(buffer, scratch, m) < 0))
             goto out;
+        n += m;
     } else {
-        char *scratch = bro_aio_scratch(st, loop, (size_t)max_size);
-        if (scratch == NULL)
-            goto out;
         n = recv(f->sock_fd, scratch, (size_t)max_size, 0);
         err = errno;
         if (n > 0 && append_bytes(buffer, scratch, n) < 0)
@@ -473,7 +501,7 @@ static int read_stream(PyObject *self, bro_state *st, tr_fields *f, PyObject *lo
         *result = read_nothing(self, s, n, err);
         goto out;
     }
-    f->big_reads = n >= DIRECT_READ_MIN;
+    f->big_reads = n >= DIRECT_READ_MIN && n < DIRECT_READ_MAX;
     if (stream_fed(s, reader, buffer) < 0)
         *result = fatal(self, s, "Fatal error: protocol.data_received() call failed.");
     else
@@ -513,19 +541,35 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
             result = read_fallback(self, cls, s);
         goto done;
     }
-    if (f->stream && read_stream(self, st, f, loop, protocol, max_size, &result))
+    if (f->pending_err) {
+        int err = f->pending_err;
+        f->pending_err = 0;
+        result = read_nothing(self, s, -1, err);
+        goto done;
+    }
+    char *scratch = bro_aio_scratch(st, loop, (size_t)max_size);
+    if (scratch == NULL)
+        goto done;
+    if (f->stream && read_stream(self, st, f, scratch, protocol, max_size, &result))
         goto done;
     PyObject *data = NULL;
     ssize_t n;
     if (f->big_reads) {
-        data = PyBytes_FromStringAndSize(NULL, max_size);
+        Py_ssize_t want = max_size < DIRECT_READ_MAX ? max_size : DIRECT_READ_MAX;
+        data = PyBytes_FromStringAndSize(NULL, want);
         if (data == NULL)
             goto done;
-        n = recv(f->sock_fd, PyBytes_AS_STRING(data), (size_t)max_size, 0);
+        n = recv(f->sock_fd, PyBytes_AS_STRING(data), (size_t)want, 0);
+        if (n == want && want < max_size) {
+            ssize_t m = recv_rest(f, scratch, max_size - want);
+            if (m > 0) {
+                if (_PyBytes_Resize(&data, n + m) < 0)
+                    goto done;
+                memcpy(PyBytes_AS_STRING(data) + n, scratch, (size_t)m);
+                n += m;
+            }
+        }
     } else {
-        char *scratch = bro_aio_scratch(st, loop, (size_t)max_size);
-        if (scratch == NULL)
-            goto done;
         n = recv(f->sock_fd, scratch, (size_t)max_size, 0);
         if (n > 0) {
             data = PyBytes_FromStringAndSize(scratch, n);
@@ -539,7 +583,7 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         result = read_nothing(self, s, n, err);
         goto done;
     }
-    f->big_reads = n >= DIRECT_READ_MIN;
+    f->big_reads = n >= DIRECT_READ_MIN && n < DIRECT_READ_MAX;
     if (n != PyBytes_GET_SIZE(data) && _PyBytes_Resize(&data, n) < 0)
         goto done;
     PyObject *args[2] = {protocol, data};
