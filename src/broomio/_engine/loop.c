@@ -32,7 +32,7 @@
 #include "task.h"
 #include "structmember.h"
 
-_Thread_local bro_loop *bro_running_loop = NULL;
+_Thread_local bro_loop *bro_running_loop BRO_TLS_MODEL = NULL;
 
 double bro_monotonic(void)
 {

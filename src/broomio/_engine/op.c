@@ -514,7 +514,10 @@ static void op_dealloc(bro_op *op)
     op_clear(op);
     /* An ordinary op goes to the free list for the next await (state.h); a debug op, which
      * is larger, is freed. */
-    bro_state *st = PyType_GetModuleState(tp);
+    /* The running loop's state is a cheaper way to a free list than the type's module (if
+     * the module was ever loaded twice, the other state's list holds the same layout). */
+    bro_loop *loop = bro_running_loop;
+    bro_state *st = loop != NULL ? loop->st : PyType_GetModuleState(tp);
     if (st == NULL || tp != st->op_type || !bro_freelist_push(&st->op_free, (PyObject *)op))
         tp->tp_free((PyObject *)op);
     Py_DECREF(tp);
