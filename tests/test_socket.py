@@ -234,6 +234,53 @@ def test_recv_switches_between_scratch_and_direct_reads():
     run(main)
 
 
+def test_send_and_send_all_accept_every_buffer_type():
+    """bytes are read in place, every other buffer through the buffer protocol: either way
+    the receiver gets exactly what was sent, and a buffer changed after its send_all
+    returned does not change what was sent."""
+
+    class Bytes(bytes):
+        pass
+
+    chunks = [os.urandom(n) for n in (1, 64, 1000, 70_000)]
+
+    def variants(data):
+        yield data
+        yield Bytes(data)
+        yield bytearray(data)
+        yield memoryview(b"\0" + data + b"\0")[1:-1]
+        yield array.array("B", data)
+
+    async def main():
+        client, server = await tcp_pair()
+        with client, server:
+            expected = bytearray()
+            async with open_nursery() as n:
+
+                async def receiver():
+                    got = bytearray()
+                    while len(got) < 5 * 2 * sum(map(len, chunks)):
+                        chunk = await server.recv(65536)
+                        assert chunk
+                        got += chunk
+                    assert got == expected
+
+                n.start_soon(receiver)
+                for data in chunks:
+                    for buf in variants(data):
+                        expected += data
+                        await client.send_all(buf)
+                        if isinstance(buf, bytearray):
+                            buf[:] = b"x" * len(buf)
+                    for buf in variants(data):
+                        expected += data
+                        rest = buf
+                        while len(rest):
+                            rest = rest[await client.send(rest):]
+
+    run(main)
+
+
 # ---------------------------------------------------------------------------
 # EOF, reset, half-close, refused
 

@@ -189,6 +189,42 @@ def test_the_checker_sees_a_leak() -> None:
         assert after["blocks"] - before["blocks"] >= 20_000
 
 
+FREE_LIST_PROGRAM = """
+import gc, json, sys
+import broomio, broomio.socket as bsocket
+
+def blocks():
+    gc.collect()
+    return sys.getallocatedblocks()
+
+a, b = bsocket.socketpair()
+before = blocks()
+held = [broomio.sleep(0) for _ in range(10_000)] + [a.recv(1) for _ in range(10_000)]
+peak = blocks()
+del held
+after = blocks()
+again = [broomio.sleep(0) for _ in range(20)] + [a.recv(1) for _ in range(20)]
+reused = blocks()
+print(json.dumps([before, peak, after, reused, repr(again[0]), repr(again[-1])]))
+"""
+
+
+def test_awaitable_free_lists_are_bounded_and_recycled() -> None:
+    # Dead awaitables go to a free list (state.h) for the next await: it keeps a few dozen,
+    # never all of them, and the next awaits take their memory from it.
+    proc = run_python(FREE_LIST_PROGRAM, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    before, peak, after, reused, first, last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first == "<broomio checkpoint awaitable>"  # sleep(0) is a checkpoint
+    assert last == "<broomio socket recv awaitable>"
+    if not before:
+        pytest.skip("sys.getallocatedblocks() is 0 without pymalloc (PYTHONMALLOC=malloc)")
+    assert peak - before >= 20_000
+    assert after - before < 200, (before, peak, after)
+    # 40 new awaitables (plus the list holding them) came from the free lists.
+    assert reused - after < 10, (after, reused)
+
+
 if __name__ == "__main__":
     # The valgrind workload (docs/reliability.md): every recipe, a few hundred cycles, in
     # this one process, e.g.

@@ -12,7 +12,7 @@
 #include "poll.h"
 #include "task.h"
 
-bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
+bro_fd_slot *bro_fd_slot_grow(bro_fdtable *t, int fd)
 {
     if (fd < 0) {
         PyErr_SetString(PyExc_ValueError, "file descriptor cannot be a negative integer");

@@ -94,8 +94,7 @@ int bro_task_step_hooked(bro_loop *loop, bro_task *t)
 PyObject *bro_loop_set_hooks(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != BRO_NHOOKS) {
-        PyErr_Format(PyExc_TypeError, "_set_hooks(debug_monitor, table of %d tuples)",
-                     BRO_NHOOKS);
+        PyErr_Format(PyExc_TypeError, "_set_hooks(debug_monitor, table of %d tuples)", BRO_NHOOKS);
         return NULL;
     }
     PyObject *table = args[1];
@@ -204,10 +203,9 @@ void bro_debug_never_awaited(PyObject *Py_UNUSED(self), const char *what, PyObje
                                              "never awaited; is an 'await' missing?",
                                              what, file, line, func);
         long lineno = PyLong_AsLong(line);
-        r = msg == NULL || lineno < 0
-                ? -1
-                : PyErr_WarnExplicitObject(PyExc_RuntimeWarning, msg, file, (int)lineno, NULL,
-                                           NULL);
+        r = msg == NULL || lineno < 0 ? -1
+                                      : PyErr_WarnExplicitObject(PyExc_RuntimeWarning, msg, file,
+                                                                 (int)lineno, NULL, NULL);
         Py_XDECREF(msg);
     } else {
         r = PyErr_WarnFormat(PyExc_RuntimeWarning, 1,

@@ -32,7 +32,7 @@
 #include "task.h"
 #include "structmember.h"
 
-_Thread_local bro_loop *bro_running_loop = NULL;
+_Thread_local bro_loop *bro_running_loop BRO_TLS_MODEL = NULL;
 
 double bro_monotonic(void)
 {
@@ -412,8 +412,7 @@ static int poll_io(bro_loop *loop, bro_poll_event *events, int max_events, int *
 /* Steps the n tasks at the front of the ring.  Inlined twice with `hooked` constant, so
  * that the loop without per-step instruments tests loop->step_hooked once per batch, not once
  * per step. */
-static inline __attribute__((always_inline)) int run_ready(bro_loop *loop, Py_ssize_t n,
-                                                           int hooked)
+static inline __attribute__((always_inline)) int run_ready(bro_loop *loop, Py_ssize_t n, int hooked)
 {
     while (n-- > 0) {
         bro_task *t = (bro_task *)ready_pop(loop);
@@ -545,10 +544,6 @@ static int loop_do_close(bro_loop *loop)
     Py_CLEAR(loop->root);
     Py_CLEAR(loop->pending_coros);
     Py_CLEAR(loop->interrupt);
-    for (int i = 0; i < 4; i++) {
-        Py_CLEAR(loop->op_cache[i]);
-        Py_CLEAR(loop->sockop_cache[i]);
-    }
     PyMem_Free(loop->scratch);
     loop->scratch = NULL;
     pthread_mutex_lock(&loop->inbox_lock);
@@ -650,14 +645,8 @@ static PyObject *loop_get_debug(bro_loop *loop, void *Py_UNUSED(c))
 
 void bro_loop_set_debug_flag(bro_loop *loop, int on)
 {
-    /* Awaitables check the flag only when their cache misses, so debug mode must start
-     * with empty caches (ops in use elsewhere just lose the loop's reference). */
-    if (on && !loop->debug) {
-        for (int i = 0; i < 4; i++) {
-            Py_CLEAR(loop->op_cache[i]);
-            Py_CLEAR(loop->sockop_cache[i]);
-        }
-    }
+    /* Awaitables read the flag each time one is made, so it takes effect at the next
+     * await. */
     loop->debug = (uint8_t)(on != 0);
 }
 
@@ -756,10 +745,6 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
     Py_VISIT(loop->interrupt);
     Py_VISIT(loop->inbox);
     Py_VISIT(loop->old_wakeup_fd);
-    for (int i = 0; i < 4; i++) {
-        Py_VISIT(loop->op_cache[i]);
-        Py_VISIT(loop->sockop_cache[i]);
-    }
     if (bro_instrument_traverse(loop, visit, arg))
         return -1;
     return bro_clock_traverse(loop, visit, arg);

@@ -67,12 +67,10 @@ struct bro_loop {
     bro_task *all_tasks; /* borrowed list of unfinished tasks */
     bro_task *current;   /* borrowed: the task being stepped */
     int budget;
-    bro_nursery *root;         /* strong */
-    PyObject *pending_coros;   /* set: coroutine objects spawned but not yet started */
-    PyObject *interrupt;       /* a KeyboardInterrupt waiting for cleanup to finish */
-    PyObject *op_cache[4];     /* reusable awaitables; see op.c */
-    PyObject *sockop_cache[4]; /* reusable socket awaitables; see sock.c */
-    char *scratch;             /* recv buffer: reads land here, then one exact-size copy */
+    bro_nursery *root;       /* strong */
+    PyObject *pending_coros; /* set: coroutine objects spawned but not yet started */
+    PyObject *interrupt;     /* a KeyboardInterrupt waiting for cleanup to finish */
+    char *scratch;           /* recv buffer: reads land here, then one exact-size copy */
     uint8_t running, closed, debug;
     /* Instruments and debug mode (instrument.c).  hooks[i] is a tuple of the callables to
      * run for hook i, or NULL when nobody listens: each call site pays one pointer test.
@@ -144,7 +142,6 @@ int bro_loop_set_autojump(bro_loop *loop, PyObject *v, void *closure);
 PyObject *bro_loop_idle_add(bro_loop *loop, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bro_loop_idle_discard(bro_loop *loop, PyObject *task);
 
-
 /* ---- instruments, debug mode, introspection (instrument.c) ---- */
 
 /* Calls every callable of hook `which` with arg (NULL: no argument).  Never fails: the
@@ -173,7 +170,7 @@ PyObject *bro_debug_origin(void);
  * Safe in a deallocator: keeps the current exception, reports failures as unraisable. */
 void bro_debug_never_awaited(PyObject *self, const char *what, PyObject *origin);
 int bro_instrument_traverse(bro_loop *loop, visitproc visit, void *arg);
-/* Sets loop->debug; switching it on empties the awaitable caches (see op_alloc_ex). */
+/* Sets loop->debug; awaitables made from then on remember where they were made. */
 void bro_loop_set_debug_flag(bro_loop *loop, int on);
 void bro_instrument_clear(bro_loop *loop);
 

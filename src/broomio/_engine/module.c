@@ -216,6 +216,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 static int module_clear(PyObject *module)
 {
     bro_state *st = PyModule_GetState(module);
+    bro_freelist_close(&st->op_free);
+    bro_freelist_close(&st->sockop_free);
     Py_CLEAR(st->loop_type);
     Py_CLEAR(st->task_type);
     Py_CLEAR(st->op_type);

@@ -58,7 +58,17 @@ typedef struct {
     int cap;
 } bro_fdtable;
 
-bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd); /* grows; NULL + MemoryError */
+/* Grows the table to cover fd; NULL + ValueError/OSError/MemoryError. */
+bro_fd_slot *bro_fd_slot_grow(bro_fdtable *t, int fd);
+
+/* fd's slot.  Every socket operation asks for it once or twice, so the common case (the
+ * table already covers fd) is inline. */
+static inline bro_fd_slot *bro_fd_slot_get(bro_fdtable *t, int fd)
+{
+    if (fd >= 0 && fd < t->cap)
+        return &t->slots[fd];
+    return bro_fd_slot_grow(t, fd);
+}
 void bro_fdtable_free(bro_fdtable *t);
 
 #endif

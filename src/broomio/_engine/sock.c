@@ -38,8 +38,9 @@
  *
  * Ownership: a SockOp holds strong references to its socket and its argument (data or
  * buffer object); a Py_buffer it acquired is released as soon as the operation completes or
- * the op is cleared.  Each loop caches a few idle SockOps, as op.c does, so steady-state
- * socket I/O allocates only the bytes objects it returns.
+ * the op is cleared.  A deallocated SockOp goes to a small free list in the module state
+ * (state.h), so steady-state socket I/O allocates only the bytes objects it returns, however
+ * many connections have an operation parked at the same time.
  *
  * Raw fd mode (SocketCore._from_fd): the same operations on a descriptor that is not a
  * socket -- a pipe to a subprocess, a tty -- use read()/write() instead of recv()/send(), and
@@ -76,10 +77,10 @@ typedef struct {
     PyObject_HEAD int fd;
     int family;
     int type;
-    uint8_t raw_fd;     /* not a socket: read()/write(), and the core owns (closes) the fd */
-    uint8_t big_reads;  /* the last receive was large: read into the result directly */
-    PyObject *sock; /* the stdlib socket object that owns the fd */
-    bro_loop *loop; /* the loop whose epoll has the fd registered, or NULL */
+    uint8_t raw_fd;    /* not a socket: read()/write(), and the core owns (closes) the fd */
+    uint8_t big_reads; /* the last receive was large: read into the result directly */
+    PyObject *sock;    /* the stdlib socket object that owns the fd */
+    bro_loop *loop;    /* the loop whose epoll has the fd registered, or NULL */
     PyObject *weakreflist;
 } bro_socket;
 
@@ -106,8 +107,8 @@ static const char *sop_names[] = {"recv",     "recv_into",   "send",
 
 /* ---- the awaitable ------------------------------------------------------------------- */
 
-/* Drops the data/buffer as soon as the operation is over, so that an idle cached op never
- * keeps a large buffer alive. */
+/* Drops the data/buffer as soon as the operation is over, so that an op its awaiter holds on
+ * to never keeps a large buffer alive. */
 static void sockop_release(bro_sockop *op)
 {
     if (op->has_view) {
@@ -145,58 +146,44 @@ static void sockop_dealloc(bro_sockop *op)
         Py_CLEAR(op->origin);
     }
     sockop_clear(op);
-    tp->tp_free((PyObject *)op);
+    /* Keep the memory for the next operation (see the free list in state.h).  The type is
+     * a heap type made from this module, so its module state is always there. */
+    /* The running loop's state is a cheaper way to a free list than the type's module (if
+     * the module was ever loaded twice, the other state's list holds the same layout). */
+    bro_loop *loop = bro_running_loop;
+    bro_state *st = loop != NULL ? loop->st : PyType_GetModuleState(tp);
+    if (st == NULL || !bro_freelist_push(&st->sockop_free, (PyObject *)op))
+        tp->tp_free((PyObject *)op);
     Py_DECREF(tp);
 }
 
 static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
 {
     bro_loop *loop = bro_running_loop;
-    bro_sockop *op = NULL;
-    PyObject *origin = NULL;
+    bro_state *st;
     if (loop != NULL) {
-        for (int i = 0; i < 4 && op == NULL; i++) {
-            PyObject *cached = loop->sockop_cache[i];
-            if (cached != NULL && Py_REFCNT(cached) == 1) {
-                op = (bro_sockop *)Py_NewRef(cached);
-                sockop_clear(op);
-            }
-        }
-        /* Debug mode keeps the cache empty (bro_loop_set_hooks): a fresh op that knows
-         * where it was created and warns if it is dropped without an await.  It is not
-         * cached, so that it dies on time. */
-        if (op == NULL && loop->debug) {
-            if ((origin = bro_debug_origin()) == NULL)
-                return NULL;
-            loop = NULL;
-        }
-    }
-    if (op == NULL) {
+        st = loop->st;
+    } else {
         PyObject *module = PyType_GetModuleByDef(Py_TYPE(s), &bro_module_def);
-        if (module == NULL) {
-            Py_XDECREF(origin);
+        if (module == NULL)
             return NULL;
-        }
-        bro_state *st = PyModule_GetState(module);
-        op = PyObject_GC_New(bro_sockop, st->sockop_type);
-        if (op == NULL) {
-            Py_XDECREF(origin);
-            return NULL;
-        }
-        op->sock = NULL;
-        op->arg = NULL;
-        op->origin = origin;
-        op->has_view = 0;
-        PyObject_GC_Track(op);
-        if (loop != NULL) {
-            for (int i = 0; i < 4; i++) {
-                if (loop->sockop_cache[i] == NULL) {
-                    loop->sockop_cache[i] = Py_NewRef(op);
-                    break;
-                }
-            }
-        }
+        st = PyModule_GetState(module);
     }
+    /* Debug mode: the op remembers where it was created, to warn if it is dropped without
+     * an await. */
+    PyObject *origin = NULL;
+    if (loop != NULL && loop->debug && (origin = bro_debug_origin()) == NULL)
+        return NULL;
+    bro_sockop *op = (bro_sockop *)bro_freelist_pop(&st->sockop_free, st->sockop_type);
+    if (op == NULL && (op = PyObject_GC_New(bro_sockop, st->sockop_type)) == NULL) {
+        Py_XDECREF(origin);
+        return NULL;
+    }
+    op->sock = NULL;
+    op->arg = NULL;
+    op->origin = origin;
+    op->has_view = 0;
+    PyObject_GC_Track(op);
     op->kind = (uint8_t)kind;
     op->state = SOP_FRESH;
     op->dir = (uint8_t)dir;
@@ -711,11 +698,19 @@ static PyObject *sock_send_common(bro_socket *s, PyObject *const *args, Py_ssize
     bro_sockop *op = sockop_alloc(s, kind, BRO_WRITABLE);
     if (op == NULL)
         return NULL;
-    if (PyObject_GetBuffer(args[0], &op->view, PyBUF_SIMPLE) < 0) {
-        sockop_discard(op);
-        return NULL;
+    if (PyBytes_CheckExact(args[0])) {
+        /* Bytes are immutable and never move, so the op reads them through its strong
+         * reference in arg; filling and releasing a Py_buffer (about 100 instructions per
+         * send) is left to the other buffer types. */
+        op->view.buf = PyBytes_AS_STRING(args[0]);
+        op->view.len = PyBytes_GET_SIZE(args[0]);
+    } else {
+        if (PyObject_GetBuffer(args[0], &op->view, PyBUF_SIMPLE) < 0) {
+            sockop_discard(op);
+            return NULL;
+        }
+        op->has_view = 1;
     }
-    op->has_view = 1;
     op->flags = flags;
     op->arg = Py_NewRef(args[0]);
     return (PyObject *)op;

@@ -23,6 +23,64 @@ typedef struct bro_task bro_task;
 typedef struct bro_scope bro_scope;
 typedef struct bro_nursery bro_nursery;
 
+/* A free list of deallocated awaitables of one type.  An awaitable lives from the start of
+ * an await to its end, so allocations and deallocations alternate and a few slots absorb
+ * the churn of any number of tasks, however many of them are parked at once.  The objects
+ * kept here are untracked, hold no references (not even to their type) and have a
+ * reference count of zero.  n is -1 once the module state has been cleared: from then on
+ * objects are freed at once. */
+#define BRO_FREELIST_SIZE 32
+typedef struct {
+    int n;
+    Py_ssize_t size; /* the objects' tp_basicsize */
+    PyObject *items[BRO_FREELIST_SIZE];
+} bro_freelist;
+
+/* Under AddressSanitizer an object on a free list is poisoned, so that a use after free is
+ * still reported although the memory is recycled. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define BRO_FREELIST_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (size_t)(n))
+#define BRO_FREELIST_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (size_t)(n))
+#else
+#define BRO_FREELIST_POISON(p, n) ((void)0)
+#define BRO_FREELIST_UNPOISON(p, n) ((void)0)
+#endif
+
+/* Takes a GC object that tp_dealloc has untracked and cleared, and returns 1; or returns 0
+ * when the list is full or closed, and the caller frees the object. */
+static inline int bro_freelist_push(bro_freelist *fl, PyObject *op)
+{
+    if (fl->n < 0 || fl->n >= BRO_FREELIST_SIZE)
+        return 0;
+    fl->size = Py_TYPE(op)->tp_basicsize;
+    BRO_FREELIST_POISON(op, fl->size);
+    fl->items[fl->n++] = op;
+    return 1;
+}
+
+/* An object of type tp with one reference (and a new reference to tp), its other fields
+ * left as they were; or NULL, without an exception set, when the list is empty.  The
+ * caller initializes the fields, then tracks the object. */
+static inline PyObject *bro_freelist_pop(bro_freelist *fl, PyTypeObject *tp)
+{
+    if (fl->n <= 0)
+        return NULL;
+    PyObject *op = fl->items[--fl->n];
+    BRO_FREELIST_UNPOISON(op, fl->size);
+    return PyObject_Init(op, tp);
+}
+
+/* Frees what the list holds and closes it (module_clear). */
+static inline void bro_freelist_close(bro_freelist *fl)
+{
+    for (int i = 0; i < fl->n; i++) {
+        BRO_FREELIST_UNPOISON(fl->items[i], fl->size);
+        PyObject_GC_Del(fl->items[i]);
+    }
+    fl->n = -1;
+}
+
 typedef struct {
     PyTypeObject *loop_type;
     PyTypeObject *task_type;
@@ -83,12 +141,24 @@ typedef struct {
     PyObject *str_cr_frame;
     PyObject *str_cr_running;
     PyObject *str_cr_suspended;
+
+    /* Free lists of the two awaitables every await creates (see bro_freelist above). */
+    bro_freelist op_free;     /* op.c, ordinary ops (not debug ones) */
+    bro_freelist sockop_free; /* sock.c */
 } bro_state;
 
 extern PyModuleDef bro_module_def;
 
-/* Defined in loop.c; see the essay above. */
-extern _Thread_local bro_loop *bro_running_loop;
+/* Defined in loop.c; see the essay above.  Every await reads it, several times per
+ * message in a socket server, so it uses the initial-exec TLS model: one load relative to
+ * the thread pointer instead of a __tls_get_addr() call each time (about 30 instructions).
+ * glibc reserves static TLS space for libraries loaded with dlopen() that do this. */
+#if defined(__GLIBC__) && defined(__GNUC__)
+#define BRO_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define BRO_TLS_MODEL
+#endif
+extern _Thread_local bro_loop *bro_running_loop BRO_TLS_MODEL;
 
 /* The task being stepped in this thread, or NULL. */
 bro_task *bro_current_task(void);
