@@ -321,13 +321,19 @@ static int append_bytes(PyObject *buffer, const char *p, Py_ssize_t n);
 static int is_own_method(PyObject *obj, PyObject *name, PyObject *func)
 {
     PyObject *m = NULL;
+#if PY_VERSION_HEX < 0x030D0000
+    /* Looks the name up without making a bound method (declared in 3.11 and 3.12's
+     * cpython/object.h; internal from 3.13 on). */
     int unbound = _PyObject_GetMethod(obj, name, &m);
-    if (m == NULL) {
+    int ok = m != NULL && unbound && m == func;
+#else
+    m = PyObject_GetAttr(obj, name);
+    int ok = m != NULL && PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == func &&
+             PyMethod_GET_SELF(m) == obj;
+#endif
+    if (m == NULL)
         PyErr_Clear();
-        return 0;
-    }
-    int ok = unbound && m == func;
-    Py_DECREF(m);
+    Py_XDECREF(m);
     return ok;
 }
 
@@ -346,14 +352,21 @@ static int stream_target(bro_state *st, PyObject *protocol, PyObject **reader_ou
         PyErr_Clear();
         return 0;
     }
-    PyObject *reader = PyWeakref_CheckRef(wr) ? PyWeakref_GetObject(wr) : NULL;
+    PyObject *reader = NULL;
+    if (PyWeakref_CheckRef(wr)) {
+#if PY_VERSION_HEX < 0x030D0000
+        reader = Py_XNewRef(PyWeakref_GetObject(wr));
+#else
+        if (PyWeakref_GetRef(wr, &reader) < 0)
+            reader = NULL;
+#endif
+    }
+    Py_DECREF(wr);
     if (reader == NULL || (PyObject *)Py_TYPE(reader) != PyTuple_GET_ITEM(streams, 0)) {
         PyErr_Clear();
-        Py_DECREF(wr);
+        Py_XDECREF(reader);
         return 0;
     }
-    Py_INCREF(reader);
-    Py_DECREF(wr);
     if (!is_own_method(reader, s[S_FEED_DATA], PyTuple_GET_ITEM(streams, 2)))
         goto no;
     PyObject *eof = PyObject_GetAttr(reader, s[S_EOF]);
