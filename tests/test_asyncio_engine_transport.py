@@ -507,3 +507,31 @@ def test_buffered_protocol_ignores_max_size_and_direct_reads() -> None:
         return [bytes(got) == payload, set(sizes), len(sizes) < 50]
 
     assert both(main) == [True, {-1}, True]
+
+
+def test_direct_read_switch_follows_the_traffic() -> None:
+    """broomio only: 4-64 KiB receives switch the transport to direct reads, a small or a
+    64 KiB-and-more receive switches it back; the data is the same either way."""
+
+    async def main() -> list[Any]:
+        tr, pr, b = await pair(_Collect)
+        states: list[bool] = [tr._broomio_big_reads]  # type: ignore[attr-defined]
+        sent = b""
+        for i, n in enumerate([16_384, 16_384, 10, 5000, 200_000, 20_000]):
+            chunk = _pattern(n, i)
+            sent += chunk
+            await _feed(b, pr, chunk)
+            states.append(tr._broomio_big_reads)  # type: ignore[attr-defined]
+        tr.max_size = 10_000  # type: ignore[attr-defined]
+        pr.chunks.clear()
+        await _feed(b, pr, _pattern(50_000, 7))
+        res = [states, b"".join(pr.chunks) == _pattern(50_000, 7), max(map(len, pr.chunks))]
+        tr.close()
+        b.close()
+        return res
+
+    with asyncio.Runner(loop_factory=bra.new_event_loop) as r:
+        states, ok, biggest = r.run(main())
+    # 200 KB arrives as chunks, the last of which may be small: only its prefix is fixed.
+    assert states[:5] == [False, True, True, False, True]
+    assert ok and biggest == 10_000
