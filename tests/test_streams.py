@@ -844,6 +844,81 @@ async def sleep_forever_guarded():
         await broomio.sleep_forever()
 
 
+def test_serve_tcp_closes_the_stream_when_the_handler_fails_or_is_cancelled():
+    seen = []
+
+    async def failing(stream):
+        seen.append(stream)
+        raise KeyError("boom")
+
+    async def waiting(stream):
+        seen.append(stream)
+        await broomio.sleep_forever()
+
+    async def serve(handler, cancel):
+        async with open_nursery() as n:
+            listeners = await n.start(functools.partial(broomio.serve_tcp, handler, 0,
+                                                        host=LOCAL))
+            port = listeners[0].socket.getsockname()[1]
+            s = await broomio.open_tcp_stream(LOCAL, port)
+            async with s:
+                with fail_after(10):
+                    while not seen:
+                        await sleep(0.001)
+                assert not seen[-1].socket.closed
+                if cancel:
+                    n.cancel()
+                else:
+                    await sleep_forever_guarded()
+
+    with pytest.raises(ExceptionGroup) as info:
+        run(serve, failing, False)
+    assert info.group_contains(KeyError)
+    assert seen[-1].socket.closed
+    seen.clear()
+    run(serve, waiting, True)
+    assert seen[-1].socket.closed
+
+
+def test_task_close_on_exit():
+    async def main():
+        a, b = bs.socketpair()
+        c, d = bs.socketpair()
+        async with open_nursery() as n:
+            gate = broomio.Event()
+
+            async def child():
+                await gate.wait()
+                return "done"
+
+            task = n.start_soon(child)
+            task._close_on_exit(a)
+            with pytest.raises(TypeError, match="broomio socket"):
+                task._close_on_exit(object())
+            await sleep(0)
+            assert not a.closed  # not before the task finishes
+            gate.set()
+        assert a.closed and task.result() == "done"
+        assert await b.recv(1) == b""  # the peer sees the close
+        task._close_on_exit(c)  # an already finished task closes at once
+        assert c.closed
+        b.close()
+        d.close()
+
+    run(main)
+
+
+def test_task_close_on_exit_when_the_loop_abandons_the_task():
+    a, b = bs.socketpair()
+    with broomio.Loop() as loop:
+        task = loop.start_soon(broomio.sleep, 1)
+        task._close_on_exit(a)
+        assert not a.closed
+    # close() abandoned the unfinished task: its socket is closed too
+    assert a.closed and task.done()
+    b.close()
+
+
 def test_serve_tcp_argument_errors():
     async def main():
         with pytest.raises(ValueError):

@@ -457,7 +457,18 @@ async def _serve_one_listener(listener: Any, handler_nursery: Nursery, handler: 
                 if exc.errno in _IGNORED_ACCEPT_ERRNOS:
                     continue
                 raise
-            handler_nursery.start_soon(_run_handler, handler, stream)
+            if type(stream) is SocketStream:
+                # The handler's own coroutine is the task's: a wrapper's `finally:` frame
+                # would sit under every resumption (~9% of the work per 64 B echo). The
+                # task closes the socket when it finishes, before anyone hears of it.
+                try:
+                    task = handler_nursery.start_soon(handler, stream)
+                except BaseException:
+                    stream.socket.close()
+                    raise
+                task._close_on_exit(stream.socket)
+            else:
+                handler_nursery.start_soon(_run_handler, handler, stream)
 
 
 async def serve_listeners(

@@ -745,6 +745,7 @@ static int loop_traverse(bro_loop *loop, visitproc visit, void *arg)
     Py_VISIT(loop->interrupt);
     Py_VISIT(loop->inbox);
     Py_VISIT(loop->old_wakeup_fd);
+    Py_VISIT(loop->exit_closers);
     if (bro_instrument_traverse(loop, visit, arg))
         return -1;
     return bro_clock_traverse(loop, visit, arg);
@@ -760,6 +761,7 @@ static int loop_clear(bro_loop *loop)
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)loop);
     Py_CLEAR(loop->old_wakeup_fd);
+    Py_CLEAR(loop->exit_closers);
     Py_CLEAR(loop->clock);
     Py_CLEAR(loop->clock_now);
     Py_CLEAR(loop->clock_sleep_time);

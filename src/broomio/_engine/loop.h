@@ -49,6 +49,10 @@ struct bro_loop {
     PyObject *inbox;          /* list, guarded by inbox_lock */
     atomic_int inbox_pending; /* a wake-up is already on its way */
 
+    /* Task._close_on_exit(): {task: SocketCore} to close when the task finishes (its
+     * close_on_exit bit says it has an entry), created by the first use. */
+    PyObject *exit_closers;
+
     int signal_rfd, signal_wfd; /* signal.set_wakeup_fd() pipe while running */
     PyObject *old_wakeup_fd;
 

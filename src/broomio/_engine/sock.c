@@ -833,6 +833,13 @@ static PyObject *sock_close(bro_socket *s, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+int bro_sock_close(PyObject *sock)
+{
+    PyObject *r = sock_close((bro_socket *)sock, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 static PyObject *sock_detach(bro_socket *s, PyObject *Py_UNUSED(ignored))
 {
     if (sock_forget(s) < 0)

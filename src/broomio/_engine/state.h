@@ -184,6 +184,8 @@ PyObject *bro_mod_aio_make_transport_type(PyObject *module, PyObject *base);
  * sock must be a SocketCore and size positive; stream.c checks both. */
 PyObject *bro_sock_stream_recv(PyObject *sock, Py_ssize_t size);
 PyObject *bro_sock_stream_send_all(PyObject *sock, PyObject *data);
+/* SocketCore.close(); -1 with an exception set on failure. */
+int bro_sock_close(PyObject *sock);
 
 /* Parses a number of seconds (int or float, not NaN) with errors naming fname/argname. */
 int bro_parse_seconds(PyObject *arg, const char *fname, const char *argname, double *out);

@@ -77,6 +77,7 @@ struct bro_task {
     unsigned throw_pending : 1; /* resume with coro.throw(wake): a foreign yield */
     unsigned in_pending : 1;    /* its coroutine is in loop->pending_coros */
     unsigned in_ring : 1;       /* has an entry in the ready ring */
+    unsigned close_on_exit : 1; /* has an entry in loop->exit_closers */
     PyObject *weakreflist;
 };
 
