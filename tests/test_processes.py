@@ -90,7 +90,7 @@ def test_exception_that_cannot_be_rebuilt_becomes_runtime_error():
 
 def test_unpicklable_result_is_an_error_in_the_caller():
     async def main():
-        with pytest.raises(Exception, match="pickle"):
+        with pytest.raises(TypeError, match=r"the result \(function\) could not be pickled"):
             await run_in_process(ps.return_unpicklable)
 
     run(main)

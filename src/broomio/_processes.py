@@ -117,7 +117,13 @@ def _worker_main(sock: _stdlib_socket.socket) -> None:
                 del data
                 result = fn(*args)
                 del fn, args
-                payload = pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
+                try:
+                    payload = pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
+                except Exception as exc:
+                    # The wording of pickle's own error varies between Python versions.
+                    raise TypeError(
+                        f"the result ({type(result).__name__}) could not be pickled: {exc}"
+                    ) from None
                 del result
             except BaseException as exc:  # sent to the caller, like a return value
                 text = "".join(traceback.format_exception(exc))
