@@ -57,6 +57,17 @@ def factory_for(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     raise ValueError(name)
 
 
+def run_on_both(main: Callable[[], Any]) -> Any:
+    """Run ``main()`` on stock asyncio (the oracle) and on broomio.asyncio, each in a fresh
+    ``asyncio.Runner``; the two results must be equal, and broomio's is returned."""
+    out = []
+    for name in LOOP_NAMES:
+        with asyncio.Runner(loop_factory=factory_for(name)) as runner:
+            out.append(runner.run(main()))
+    assert out[0] == out[1], out
+    return out[1]
+
+
 def broomio_xfail(reason: str) -> Callable[[T], T]:
     """Mark a test as a known difference of broomio's loop (strict xfail, broomio only)."""
 

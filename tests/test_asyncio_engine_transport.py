@@ -11,19 +11,7 @@ import pytest
 
 import broomio.asyncio as bra
 
-FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "broomio": bra.new_event_loop,
-}
-
-
-def both(main: Callable[[], Any]) -> Any:
-    out = []
-    for name in ("asyncio", "broomio"):
-        with asyncio.Runner(loop_factory=FACTORIES[name]) as runner:
-            out.append(runner.run(main()))
-    assert out[0] == out[1], out
-    return out[1]
+from _aio_support import run_on_both as both
 
 
 async def pair(proto: Callable[[], asyncio.BaseProtocol]) -> tuple[asyncio.Transport, Any, socket.socket]:

@@ -39,7 +39,8 @@
  * of the exact size: one small copy instead of a max_size allocation per message.  Once a
  * transport's last receive returned between DIRECT_READ_MIN and DIRECT_READ_MAX bytes, the
  * copy costs more than the allocation, so the next receive goes straight into a fresh bytes
- * object of DIRECT_READ_MAX bytes that is then shrunk in place (glibc's realloc splits a shrinking chunk without moving it).
+ * object of DIRECT_READ_MAX bytes that is then shrunk in place (glibc's realloc splits a shrinking
+ * chunk without moving it).
  *
  * DIRECT_READ_MAX stays under glibc's mmap threshold (128 KiB): a 256 KiB block would be
  * mmap()ed, shrunk with mremap() and munmap()ed -- three system calls and page faults per
@@ -68,8 +69,8 @@ typedef struct {
     char eof;
     char buffered;
     char closing;
-    char big_reads; /* the last receive was large: read into the result directly */
-    char stream;    /* the protocol is exactly asyncio.StreamReaderProtocol */
+    char big_reads;  /* the last receive was large: read into the result directly */
+    char stream;     /* the protocol is exactly asyncio.StreamReaderProtocol */
     int pending_err; /* errno of a failed second recv(), reported by the next _read_ready */
 } tr_fields;
 
@@ -252,13 +253,15 @@ static int no_args(const char *name, Py_ssize_t nargs, PyObject *kwnames)
     return -1;
 }
 
-/* The inherited Python _read_ready(): the reference path for an unusual max_size. */
-static PyObject *read_fallback(PyObject *self, PyTypeObject *cls, PyObject **s)
+/* Calls the inherited Python method `name` (asyncio's own, the reference path for anything
+ * unusual) with self and, if arg is not NULL, arg. */
+static PyObject *call_inherited(PyObject *self, PyTypeObject *cls, PyObject *name, PyObject *arg)
 {
-    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_READ_READY]);
+    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, name);
     if (m == NULL)
         return NULL;
-    PyObject *r = PyObject_CallOneArg(m, self);
+    PyObject *r =
+        arg ? PyObject_CallFunctionObjArgs(m, self, arg, NULL) : PyObject_CallOneArg(m, self);
     Py_DECREF(m);
     return r;
 }
@@ -310,8 +313,8 @@ static PyObject *read_nothing(PyObject *self, PyObject **s, ssize_t n, int err)
  * protocol and the reader are exactly asyncio's classes with their own methods (nothing
  * overridden on the class or the instance), the transport does the same steps here, in the
  * same order and through the same attributes: it appends the received bytes to the
- * reader's _buffer (no bytes object is made), then runs _wakeup_waiter's and feed_data's flow-control
- * logic.  Anything that does not fit -- another protocol, a subclass, a dead reader, a
+ * reader's _buffer (no bytes object is made), then runs _wakeup_waiter's and feed_data's
+ * flow-control logic.  Anything that does not fit -- another protocol, a subclass, a dead reader, a
  * reader at EOF (where feed_data asserts), a buffer with exported views -- takes the
  * ordinary data_received() path, which is asyncio's code. */
 
@@ -538,7 +541,7 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         /* An error, or a max_size that is not a positive size: asyncio's own method shows
          * what such a recv() does. */
         if (max_size == 0)
-            result = read_fallback(self, cls, s);
+            result = call_inherited(self, cls, s[S_READ_READY], NULL);
         goto done;
     }
     if (f->pending_err) {
@@ -599,17 +602,6 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
 done:
     Py_DECREF(protocol);
     return result;
-}
-
-/* The inherited Python write(): the reference path for every unusual case. */
-static PyObject *write_fallback(PyObject *self, PyTypeObject *cls, PyObject **s, PyObject *data)
-{
-    PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE]);
-    if (m == NULL)
-        return NULL;
-    PyObject *r = PyObject_CallFunctionObjArgs(m, self, data, NULL);
-    Py_DECREF(m);
-    return r;
 }
 
 static int append_bytes(PyObject *buffer, const char *p, Py_ssize_t n)
@@ -673,11 +665,11 @@ static PyObject *tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *ar
     }
     PyObject *buffer = f->buffer;
     if (f->conn_lost || buffer == NULL || !PyByteArray_CheckExact(buffer))
-        return write_fallback(self, cls, s, data);
+        return call_inherited(self, cls, s[S_WRITE], data);
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
-        return write_fallback(self, cls, s, data); /* non-contiguous memoryview */
+        return call_inherited(self, cls, s[S_WRITE], data); /* non-contiguous memoryview */
     }
     Py_INCREF(buffer);
     PyObject *result = NULL;
@@ -750,12 +742,7 @@ static PyObject *tr_write_ready(PyObject *self, PyTypeObject *cls, PyObject *con
         return NULL;
     if (!PyByteArray_CheckExact(buffer)) {
         /* Not the bytearray of asyncio 3.11 (3.12 queues a deque): asyncio's own method. */
-        PyObject *m = PyObject_GetAttr((PyObject *)cls->tp_base, s[S_WRITE_READY]);
-        if (m == NULL)
-            return NULL;
-        PyObject *r = PyObject_CallOneArg(m, self);
-        Py_DECREF(m);
-        return r;
+        return call_inherited(self, cls, s[S_WRITE_READY], NULL);
     }
     Py_INCREF(buffer);
     PyObject *result = NULL;
