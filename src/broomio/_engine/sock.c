@@ -146,10 +146,9 @@ static void sockop_dealloc(bro_sockop *op)
         Py_CLEAR(op->origin);
     }
     sockop_clear(op);
-    /* Keep the memory for the next operation (see the free list in state.h).  The type is
-     * a heap type made from this module, so its module state is always there. */
-    /* The running loop's state is a cheaper way to a free list than the type's module (if
-     * the module was ever loaded twice, the other state's list holds the same layout). */
+    /* Keep the memory for the next operation (the free list in state.h).  The running
+     * loop's state is a cheaper way there than the type's module (if the module was ever
+     * loaded twice, the other state's list holds the same layout). */
     bro_loop *loop = bro_running_loop;
     bro_state *st = loop != NULL ? loop->st : PyType_GetModuleState(tp);
     if (st == NULL || !bro_freelist_push(&st->sockop_free, (PyObject *)op))
@@ -179,11 +178,9 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
         Py_XDECREF(origin);
         return NULL;
     }
-    op->sock = NULL;
     op->arg = NULL;
     op->origin = origin;
     op->has_view = 0;
-    PyObject_GC_Track(op);
     op->kind = (uint8_t)kind;
     op->state = SOP_FRESH;
     op->dir = (uint8_t)dir;
@@ -192,6 +189,7 @@ static bro_sockop *sockop_alloc(bro_socket *s, int kind, int dir)
     op->offset = 0;
     op->stream = 0;
     op->sock = (bro_socket *)Py_NewRef(s);
+    PyObject_GC_Track(op);
     return op;
 }
 
