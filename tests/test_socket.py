@@ -234,6 +234,84 @@ def test_recv_switches_between_scratch_and_direct_reads():
     run(main)
 
 
+def test_recv_size_guess_grows_without_losing_or_reordering_bytes():
+    """A direct receive allocates about what the last one returned.  When a bigger message
+    fills that guess, the receive returns a short chunk and the next receive returns the
+    rest at once: every byte arrives, in order, and each chunk is a proper bytes object
+    (the right length, hashable, equal to the data)."""
+    sizes = [8_000, 8_000, 32_000, 32_000, 9_000, 60_000, 5_000, 65_536]
+
+    async def main():
+        client, server = await tcp_pair()
+        with client, server:
+            for size in sizes:
+                payload = os.urandom(size)
+                await client.send_all(payload)
+                got = bytearray()
+                with fail_after(10):
+                    while len(got) < size:
+                        chunk = await server.recv(65536)
+                        assert chunk
+                        assert type(chunk) is bytes
+                        assert hash(chunk) == hash(bytes(bytearray(chunk)))
+                        assert sys.getsizeof(chunk) < len(chunk) + 64
+                        got += chunk
+                assert bytes(got) == payload
+
+    run(main)
+
+
+def test_recv_size_guess_never_truncates_a_datagram():
+    """The size guess is for streams only: a datagram bigger than the previous one still
+    arrives whole."""
+
+    async def main():
+        a = bs.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
+        b = bs.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
+        with a, b:
+            a.bind((LOCAL, 0))
+            b.bind((LOCAL, 0))
+            for size in (5_000, 5_000, 20_000, 6_000, 40_000):
+                payload = os.urandom(size)
+                await b.sendto(payload, a.getsockname())
+                with fail_after(10):
+                    data, _addr = await a.recvfrom(65536)
+                assert data == payload
+                await b.sendto(payload, a.getsockname())
+                with fail_after(10):
+                    assert await a.recv(65536) == payload
+
+    run(main)
+
+
+def test_recv_size_guess_does_not_shorten_a_peek():
+    """MSG_PEEK is not guessed either: after a small receive, a peek sees the whole larger
+    message that is queued, and a receive then returns it."""
+
+    async def main():
+        client, server = await tcp_pair()
+        with client, server:
+            await client.send_all(os.urandom(5_000))
+            got = 0
+            while got < 5_000:
+                got += len(await server.recv(65536))
+            payload = os.urandom(30_000)
+            await client.send_all(payload)
+            with fail_after(10):
+                while True:
+                    peeked = await server.recv(65536, stdlib_socket.MSG_PEEK)
+                    if len(peeked) == len(payload):
+                        break
+                    await sleep(0.01)
+            assert peeked == payload
+            got = bytearray()
+            while len(got) < len(payload):
+                got += await server.recv(65536)
+            assert bytes(got) == payload
+
+    run(main)
+
+
 def test_send_and_send_all_accept_every_buffer_type():
     """bytes are read in place, every other buffer through the buffer protocol: either way
     the receiver gets exactly what was sent, and a buffer changed after its send_all

@@ -73,12 +73,26 @@
  * traffic: a small read moves the socket back to the scratch path. */
 #define BRO_DIRECT_READ_MIN 4096
 
+/* A direct receive does not allocate the whole request: it allocates what the socket's last
+ * receive returned plus BRO_READ_SLACK bytes.  Servers read fixed-size messages far below
+ * max_bytes, and with a close guess the final shrink is too small for glibc to split the chunk,
+ * so the allocator does one cheap malloc and one free per message instead of also carving and
+ * freeing the unused tail of a max_bytes-sized chunk.  The slack makes "the same size again"
+ * distinguishable from "the guess was too small": only a receive that fills the guess exactly
+ * may have left data queued.  That receive returns what it has (a short receive is always
+ * allowed on a stream), is not reported as draining the socket, and resets the guess to the
+ * full request, so a growing peer costs one extra short receive, never an extra wait.
+ * Datagrams and MSG_PEEK/MSG_OOB receives always allocate the full request: a short buffer
+ * would truncate a datagram. */
+#define BRO_READ_SLACK 16
+
 typedef struct {
     PyObject_HEAD int fd;
     int family;
     int type;
     uint8_t raw_fd;    /* not a socket: read()/write(), and the core owns (closes) the fd */
     uint8_t big_reads; /* the last receive was large: read into the result directly */
+    uint32_t read_hint; /* bytes the last direct receive returned (0: none yet) */
     PyObject *sock;    /* the stdlib socket object that owns the fd */
     bro_loop *loop;    /* the loop whose epoll has the fd registered, or NULL */
     PyObject *weakreflist;
@@ -257,21 +271,35 @@ static int sockop_try(bro_sockop *op, bro_loop *loop, PyObject **res, int *drain
                 *res = PyBytes_FromStringAndSize(loop->scratch, n);
                 return *res ? TRY_DONE : TRY_ERROR;
             }
-            PyObject *bytes = PyBytes_FromStringAndSize(NULL, want);
+            bro_socket *s = op->sock;
+            Py_ssize_t alloc = want;
+            int stream = (s->type & 0xf) == SOCK_STREAM && !(op->flags & (MSG_PEEK | MSG_OOB));
+            if (stream && s->read_hint > 0 && (Py_ssize_t)s->read_hint + BRO_READ_SLACK < want)
+                alloc = (Py_ssize_t)s->read_hint + BRO_READ_SLACK;
+            PyObject *bytes = PyBytes_FromStringAndSize(NULL, alloc);
             if (bytes == NULL)
                 return TRY_ERROR;
-            ssize_t n = sock_read(op->sock, PyBytes_AS_STRING(bytes), (size_t)want, op->flags);
+            ssize_t n = sock_read(s, PyBytes_AS_STRING(bytes), (size_t)alloc, op->flags);
             if (n < 0) {
                 int err = errno;
                 Py_DECREF(bytes);
                 errno = err;
                 break;
             }
-            if (n > want)
-                n = want;
-            *drained = recv_drained(op, n, want);
-            op->sock->big_reads = n >= BRO_DIRECT_READ_MIN;
-            if (n != want && _PyBytes_Resize(&bytes, n) < 0)
+            if (n > alloc)
+                n = alloc;
+            *drained = recv_drained(op, n, alloc);
+            s->big_reads = n >= BRO_DIRECT_READ_MIN;
+            /* A filled guess resets to the full request (see BRO_READ_SLACK). */
+            s->read_hint = (n == alloc && alloc < want) || n > UINT32_MAX ? 0 : (uint32_t)n;
+            if (n > 0 && alloc - n <= BRO_READ_SLACK) {
+                /* The guess held: give back no memory, just end the object early.  A fresh
+                 * bytes object that nothing else has seen may shrink its size in place; its
+                 * hash is not computed yet. */
+                Py_SET_SIZE(bytes, n);
+                PyBytes_AS_STRING(bytes)[n] = '\0';
+            }
+            else if (n != alloc && _PyBytes_Resize(&bytes, n) < 0)
                 return TRY_ERROR;
             *res = bytes;
             return TRY_DONE;
