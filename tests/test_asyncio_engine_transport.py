@@ -523,3 +523,28 @@ def test_direct_read_switch_follows_the_traffic() -> None:
     # 200 KB arrives as chunks, the last of which may be small: only its prefix is fixed.
     assert states[:5] == [False, True, True, False, True]
     assert ok and biggest == 10_000
+
+
+def test_direct_read_size_guess_grows_and_shrinks_in_order() -> None:
+    """A direct receive allocates about what the last one returned: messages that grow past
+    that guess, shrink below it or repeat it exactly all arrive once, in order, as proper
+    bytes objects (the right length, hashable, equal to the data)."""
+    sizes = [8_000, 8_000, 8_000, 30_000, 30_000, 9_000, 60_000, 5_000, 5_016, 5_017, 4_999]
+
+    async def main() -> list[Any]:
+        tr, pr, b = await pair(_Collect)
+        sent = b""
+        for i, n in enumerate(sizes):
+            chunk = _pattern(n, i)
+            sent += chunk
+            await _feed(b, pr, chunk)
+        proper = all(
+            type(c) is bytes and hash(c) == hash(bytes(bytearray(c))) and c == bytes(bytearray(c))
+            for c in pr.chunks
+        )
+        got = b"".join(pr.chunks)
+        tr.close()
+        b.close()
+        return [got == sent, len(got), proper]
+
+    assert both(main) == [True, sum(sizes), True]

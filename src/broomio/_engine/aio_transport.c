@@ -53,6 +53,15 @@
 #define DIRECT_READ_MIN 4096
 #define DIRECT_READ_MAX (64 * 1024)
 
+/* A direct receive asks for what the transport's last one returned plus READ_SLACK bytes, not
+ * for DIRECT_READ_MAX: a protocol fed fixed-size messages then costs glibc one malloc and one
+ * free per message, and the final shrink is too small to split the chunk, where a full-size
+ * block also had its unused tail carved off and freed.  Only a receive that fills the guess
+ * exactly may have left data queued; it takes the rest through the scratch buffer exactly as
+ * a filled DIRECT_READ_MAX block does, so data_received() still gets everything one
+ * recv(max_size) would have returned. */
+#define READ_SLACK 16
+
 /* The hot attributes live in C, after the Python base's layout, as member descriptors: the
  * inherited Python methods read and write them as ordinary attributes, and the C methods
  * read them without a dictionary lookup.  Their offset is known only at run time (it
@@ -72,6 +81,7 @@ typedef struct {
     char big_reads;  /* the last receive was large: read into the result directly */
     char stream;     /* the protocol is exactly asyncio.StreamReaderProtocol */
     int pending_err; /* errno of a failed second recv(), reported by the next _read_ready */
+    Py_ssize_t read_hint; /* bytes the last direct receive returned (0: none yet) */
 } tr_fields;
 
 static inline tr_fields *F(PyObject *self, bro_state *st)
@@ -559,6 +569,8 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
     ssize_t n;
     if (f->big_reads) {
         Py_ssize_t want = max_size < DIRECT_READ_MAX ? max_size : DIRECT_READ_MAX;
+        if (f->read_hint > 0 && f->read_hint + READ_SLACK < want)
+            want = f->read_hint + READ_SLACK; /* see READ_SLACK */
         data = PyBytes_FromStringAndSize(NULL, want);
         if (data == NULL)
             goto done;
@@ -587,7 +599,14 @@ static PyObject *tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *cons
         goto done;
     }
     f->big_reads = n >= DIRECT_READ_MIN && n < DIRECT_READ_MAX;
-    if (n != PyBytes_GET_SIZE(data) && _PyBytes_Resize(&data, n) < 0)
+    f->read_hint = f->big_reads ? n : 0;
+    if (PyBytes_GET_SIZE(data) - n <= READ_SLACK) {
+        /* The guess held (or the read filled the object): no memory to give back, so end the
+         * fresh, unhashed, unshared object early instead of calling realloc. */
+        Py_SET_SIZE(data, n);
+        PyBytes_AS_STRING(data)[n] = '\0';
+    }
+    else if (_PyBytes_Resize(&data, n) < 0)
         goto done;
     PyObject *args[2] = {protocol, data};
     PyObject *r = PyObject_VectorcallMethod(s[S_DATA_RECEIVED], args,
