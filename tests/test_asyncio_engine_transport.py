@@ -376,25 +376,34 @@ def _pattern(n: int, seed: int) -> bytes:
     return bytes((i * 7 + seed) & 0xFF for i in range(n))
 
 
+async def _feed_each(sizes: list[int]) -> list[Any]:
+    """Over a fresh transport, send one patterned message per size, each once the previous
+    one has arrived.  Returns [all bytes arrived once and in order, their count, no chunk
+    larger than max_size, max_size, every chunk a proper bytes object (hashable, equal to
+    its data)]."""
+    tr, pr, b = await pair(_Collect)
+    sent = b""
+    for i, n in enumerate(sizes):
+        chunk = _pattern(n, i)
+        sent += chunk
+        await _feed(b, pr, chunk)
+    got = b"".join(pr.chunks)
+    max_size = tr.max_size  # type: ignore[attr-defined]
+    proper = all(
+        type(c) is bytes and hash(c) == hash(bytes(bytearray(c))) and c == bytes(bytearray(c))
+        for c in pr.chunks
+    )
+    res = [got == sent, len(got), max(map(len, pr.chunks)) <= max_size, max_size, proper]
+    tr.close()
+    b.close()
+    return res
+
+
 def test_reads_switch_between_scratch_and_direct_in_order() -> None:
     """Alternating small and large messages cross the scratch/direct switch both ways: every
     byte arrives once, in order, in bytes objects no larger than max_size."""
     sizes = [10, 5000, 3, 4096, 4095, 70_000, 1, 300_000, 64, 16_384, 16_384, 2, 600_000, 7]
-
-    async def main() -> list[Any]:
-        tr, pr, b = await pair(_Collect)
-        sent = b""
-        for i, n in enumerate(sizes):
-            chunk = _pattern(n, i)
-            sent += chunk
-            await _feed(b, pr, chunk)
-        got = b"".join(pr.chunks)
-        biggest = max(map(len, pr.chunks))
-        tr.close()
-        b.close()
-        return [got == sent, len(got), biggest <= 256 * 1024, tr.max_size]
-
-    assert both(main) == [True, sum(sizes), True, 256 * 1024]
+    assert both(lambda: _feed_each(sizes)) == [True, sum(sizes), True, 256 * 1024, True]
 
 
 def test_max_size_instance_override() -> None:
@@ -528,23 +537,6 @@ def test_direct_read_switch_follows_the_traffic() -> None:
 def test_direct_read_size_guess_grows_and_shrinks_in_order() -> None:
     """A direct receive allocates about what the last one returned: messages that grow past
     that guess, shrink below it or repeat it exactly all arrive once, in order, as proper
-    bytes objects (the right length, hashable, equal to the data)."""
+    bytes objects."""
     sizes = [8_000, 8_000, 8_000, 30_000, 30_000, 9_000, 60_000, 5_000, 5_016, 5_017, 4_999]
-
-    async def main() -> list[Any]:
-        tr, pr, b = await pair(_Collect)
-        sent = b""
-        for i, n in enumerate(sizes):
-            chunk = _pattern(n, i)
-            sent += chunk
-            await _feed(b, pr, chunk)
-        proper = all(
-            type(c) is bytes and hash(c) == hash(bytes(bytearray(c))) and c == bytes(bytearray(c))
-            for c in pr.chunks
-        )
-        got = b"".join(pr.chunks)
-        tr.close()
-        b.close()
-        return [got == sent, len(got), proper]
-
-    assert both(main) == [True, sum(sizes), True]
+    assert both(lambda: _feed_each(sizes)) == [True, sum(sizes), True, 256 * 1024, True]

@@ -210,55 +210,40 @@ def test_large_recv_beyond_scratch_buffer():
     run(main)
 
 
-def test_recv_switches_between_scratch_and_direct_reads():
-    """Large receives read straight into the result, small ones through the scratch buffer:
-    whichever path a receive takes, it returns exactly the bytes sent, in an exact-size
-    object (a direct read of up to 64 KiB is shrunk, never returned oversized)."""
-    sizes = [100, 20_000, 16_384, 3, 5_000, 64, 40_000, 1, 4_096, 4_095, 10]
-
-    async def main():
-        client, server = await tcp_pair()
-        with client, server:
-            for size in sizes:
-                payload = os.urandom(size)
-                await client.send_all(payload)
-                got = bytearray()
+async def send_and_receive_each(sizes):
+    """Over a fresh TCP pair, send one random message per size and receive it with
+    ``recv(65536)`` until it is whole: every byte arrives once, in order, and each chunk is
+    a proper, exact-size bytes object (hashable, equal to its data; its memory is its
+    length plus the header, never an oversized direct-read block)."""
+    client, server = await tcp_pair()
+    with client, server:
+        for size in sizes:
+            payload = os.urandom(size)
+            await client.send_all(payload)
+            got = bytearray()
+            with fail_after(10):
                 while len(got) < size:
                     chunk = await server.recv(65536)
                     assert chunk
-                    # An exact-size bytes object: its memory is its length plus the header.
+                    assert type(chunk) is bytes
+                    assert hash(chunk) == hash(bytes(bytearray(chunk)))
                     assert sys.getsizeof(chunk) < len(chunk) + 64
                     got += chunk
-                assert bytes(got) == payload
+            assert bytes(got) == payload
 
-    run(main)
+
+def test_recv_switches_between_scratch_and_direct_reads():
+    """Large receives read straight into the result, small ones through the scratch buffer:
+    whichever path a receive takes, it returns exactly the bytes sent."""
+    run(send_and_receive_each, [100, 20_000, 16_384, 3, 5_000, 64, 40_000, 1, 4_096, 4_095, 10])
 
 
 def test_recv_size_guess_grows_without_losing_or_reordering_bytes():
     """A direct receive allocates about what the last one returned.  When a bigger message
     fills that guess, the receive returns a short chunk and the next receive returns the
-    rest at once: every byte arrives, in order, and each chunk is a proper bytes object
-    (the right length, hashable, equal to the data)."""
-    sizes = [8_000, 8_000, 32_000, 32_000, 9_000, 60_000, 5_000, 65_536]
-
-    async def main():
-        client, server = await tcp_pair()
-        with client, server:
-            for size in sizes:
-                payload = os.urandom(size)
-                await client.send_all(payload)
-                got = bytearray()
-                with fail_after(10):
-                    while len(got) < size:
-                        chunk = await server.recv(65536)
-                        assert chunk
-                        assert type(chunk) is bytes
-                        assert hash(chunk) == hash(bytes(bytearray(chunk)))
-                        assert sys.getsizeof(chunk) < len(chunk) + 64
-                        got += chunk
-                assert bytes(got) == payload
-
-    run(main)
+    rest at once; a message of exactly the guess, or just past it, is no different."""
+    run(send_and_receive_each, [8_000, 8_000, 32_000, 32_000, 9_000, 60_000, 5_000, 5_016,
+                                5_017, 65_536])
 
 
 def test_recv_size_guess_never_truncates_a_datagram():
