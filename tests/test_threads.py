@@ -14,6 +14,7 @@ import trio
 
 import broomio
 from broomio import (
+    CancelScope,
     CapacityLimiter,
     Loop,
     from_thread,
@@ -263,18 +264,30 @@ def test_not_cancellable_by_default_waits_for_the_thread():
 
 
 def test_cancellable_abandons_the_thread_but_holds_the_token():
+    started = threading.Event()
     release = threading.Event()
     log = Log()
 
     def blocked():
+        started.set()
         release.wait(GUARD)
         log("thread done")
         raise ValueError("dropped")  # the abandoned call's outcome is discarded
 
     async def main():
         limiter = CapacityLimiter(1)
-        with move_on_after(0.02) as scope:
-            await run_in_thread(blocked, cancellable=True, limiter=limiter)
+        scope = CancelScope()
+
+        async def cancel_once_started():
+            # Cancel only once the thread runs: a call cancelled before a worker picks it
+            # up never starts and returns its token at once (the next test).
+            await _wait_for(started.is_set, "the thread to start")
+            scope.cancel()
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(cancel_once_started)
+            with scope:
+                await run_in_thread(blocked, cancellable=True, limiter=limiter)
         log("scope exited")
         assert scope.cancelled_caught
         assert limiter.borrowed_tokens == 1  # the thread still runs
